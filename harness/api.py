@@ -1,0 +1,157 @@
+"""The nouns every plugin speaks: records, edit requests, probes, edits; Editor and Task protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to write into the model: after the edit, ``prompt`` should be answered ``target``."""
+
+    prompt: str
+    target: str
+    subject: str
+    language: str
+    record_id: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One question asked after an edit.
+
+    ``expected`` is the answer to score against; when ``reference_is_pre_edit`` is true (locality) the
+    expected answer is whatever the unedited model answered to the same prompt, and ``expected``
+    is only the text the answer is teacher-forced along.
+    """
+
+    property: str
+    language: str
+    prompt: str
+    expected: str
+    reference_is_pre_edit: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.property}.{self.language}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One test item of a task: an id, its raw fields, and the edit and probes derived from them."""
+
+    id: str
+    request: EditRequest
+    probes: tuple[Probe, ...]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class ValidationIssue(ValueError):
+    """A problem with one record of a task's data, located by record index and field."""
+
+    def __init__(self, index: int, field_name: str, problem: str):
+        self.index, self.field_name, self.problem = index, field_name, problem
+        super().__init__(f"record {index}, field {field_name!r}: {problem}")
+
+
+class RestoreError(RuntimeError):
+    """Restoring an edit did not give back bit-identical weights."""
+
+
+class Edit:
+    """What an editor returns. Weight editors keep the original of every tensor they touched.
+
+    ``restore()`` puts the exact original weights back and verifies them bit for bit. Editors that do
+    not change weights (in-context, memory-based) override ``wrap_prompt``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module | None = None, originals: dict[str, torch.Tensor] | None = None
+    ):
+        self.model = model
+        self.originals = originals or {}
+        self.restored = False
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def snapshot(cls, model: torch.nn.Module, names: list[str]) -> Edit:
+        """Remember the current value of the named parameters before changing them."""
+        params = dict(model.named_parameters())
+        return cls(model, {name: params[name].detach().clone() for name in names})
+
+    def wrap_prompt(self, prompt: str) -> str:
+        return prompt
+
+    @property
+    def touched(self) -> list[str]:
+        return sorted(self.originals)
+
+    def restore(self) -> None:
+        """Copy back the original tensors and check each is bit-identical; idempotent."""
+        if self.restored or self.model is None:
+            self.restored = True
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, original in self.originals.items():
+                params[name].copy_(original)
+        bad = [name for name, original in self.originals.items() if not torch.equal(params[name], original)]
+        if bad:
+            raise RestoreError(f"restore left these tensors different from the original: {bad}")
+        self.restored = True
+
+    def __enter__(self) -> Edit:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+@dataclass
+class EditorContext:
+    """What an editor may use beyond the model: where to cache, the seed, the data directory."""
+
+    cache_dir: Any
+    seed: int = 0
+    data_dir: Any = None
+    model_id: str = ""
+    languages: tuple[str, ...] = ()
+
+
+class Editor(Protocol):
+    """An editing method. ``hparams_class`` is a dataclass; the harness builds and passes an instance."""
+
+    hparams_class: ClassVar[type]
+
+    def __init__(self, hparams: Any) -> None: ...
+
+    def prepare(self, model: torch.nn.Module, tokenizer: Any, context: EditorContext) -> None:
+        """One-off work before the first edit (statistics, generated context texts); cached."""
+
+    def apply(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
+        """Edit the model in place and return an Edit that can restore it."""
+
+
+class Task(Protocol):
+    """A task variant: named, knows its data files, turns raw data into records."""
+
+    name: str
+    description: str
+    properties: tuple[str, ...]
+    languages: tuple[str, ...]
+    edit_language: str
+
+    def data_files(self, data_dir: Any) -> list[Any]:
+        """Files the records come from (hashed into results)."""
+
+    def load_raw(self, data_dir: Any) -> list[dict[str, Any]]:
+        """Raw records, in file order."""
+
+    def validate(self, raw: list[dict[str, Any]]) -> list[ValidationIssue]:
+        """Every problem in the raw data, by record index and field."""
+
+    def records(self, raw: list[dict[str, Any]], render) -> list[Record]:
+        """Records with edit requests and probes; ``render(template, **fields)`` renders prompts."""

@@ -1,0 +1,199 @@
+"""One frozen run configuration: packaged harness.toml < user harness.toml < --set key=value.
+
+Editor hyper-parameters are dataclasses: their defaults, then ``[models."<model>".<editor>]`` from
+the TOML files, then ``--set``. Unknown or ill-typed keys are errors that name the key and list the
+valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGED_DEFAULTS = Path(__file__).parent / "harness.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run that are not an editor's hyper-parameters."""
+
+    model: str = "gemma3-270m"
+    data_dir: str = ""
+    output_dir: str = ""
+    limit: int = 0  # 0: every record
+    seed: int = 0
+    answer_mode: str = "teacher_forced"  # or "generate"
+    batch_size: int = 16  # probes per forward pass
+    scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
+    template: str = ""  # empty: the task's own probe template
+    threads: int = 0  # 0: torch's default
+
+
+def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:
+    """Packaged defaults deep-merged with the user's file (``--config`` or ./harness.toml)."""
+    merged = _read(PACKAGED_DEFAULTS)
+    candidate = Path(user_file) if user_file else Path("harness.toml")
+    if user_file and not candidate.is_file():
+        raise ConfigError(f"--config {user_file}: no such file")
+    if candidate.is_file() and candidate.resolve() != PACKAGED_DEFAULTS.resolve():
+        _deep_merge(merged, _read(candidate))
+    return merged
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+
+
+def _deep_merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a TOML value or a ``--set`` string to the field's type, or raise naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else str
+        converted = [
+            coerce(item.strip() if isinstance(item, str) else item, inner, key)
+            for item in items
+            if not (isinstance(item, str) and not item.strip())
+        ]
+        return tuple(converted) if origin is tuple else converted
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != converted:
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        return converted
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}")
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and bad types."""
+    valid = field_names(cls)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+    types_ = _field_types(cls)
+    try:
+        return cls(**{k: coerce(v, types_[k], f"{where}: {k}") for k, v in values.items()})
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` from repeated ``--set`` options."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    run: RunConfig
+    hparams: Any
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def resolve(
+    hparams_class: type,
+    editor_name: str,
+    cli: dict[str, Any],
+    overrides: dict[str, str],
+    config_file: str | None = None,
+) -> ResolvedConfig:
+    """Combine every layer into a RunConfig and the editor's hparams dataclass.
+
+    ``cli`` holds explicit options (``model``, ``data_dir``, ...; None means unset). A ``--set`` key
+    may be ``run.<key>``, ``editor.<key>`` or a bare key that belongs to exactly one of the two.
+    """
+    toml = read_toml_files(config_file)
+    run_values: dict[str, Any] = dict(toml.get("run", {}))
+    if os.environ.get("HARNESS_DATA_DIR"):
+        run_values["data_dir"] = os.environ["HARNESS_DATA_DIR"]
+    run_values.update({k: v for k, v in cli.items() if v is not None})
+    editor_values: dict[str, Any] = {}
+    run_keys, editor_keys = set(field_names(RunConfig)), set(field_names(hparams_class))
+    for key, value in overrides.items():
+        scope, _, name = key.rpartition(".")
+        if scope == "run" or (not scope and name in run_keys and name not in editor_keys):
+            if name not in run_keys:
+                raise ConfigError(f"--set {key}: unknown run key; valid: {sorted(run_keys)}")
+            run_values[name] = value
+        elif scope == "editor" or (not scope and name in editor_keys and name not in run_keys):
+            if name not in editor_keys:
+                raise ConfigError(f"--set {key}: unknown {editor_name} key; valid: {sorted(editor_keys)}")
+            editor_values[name] = value
+        elif not scope and name in run_keys and name in editor_keys:
+            raise ConfigError(f"--set {key}: ambiguous; write run.{name} or editor.{name}")
+        else:
+            raise ConfigError(
+                f"--set {key}: unknown key. Run keys: {sorted(run_keys)}; "
+                f"{editor_name} keys: {sorted(editor_keys)}"
+            )
+    run = build(RunConfig, run_values, "run config")
+    model_section = toml.get("models", {}).get(run.model, {})
+    per_model = dict(model_section.get(editor_name, {}))
+    hparams = build(hparams_class, {**per_model, **editor_values}, f"{editor_name} hparams")
+    sources = {"per_model_defaults": f'[models."{run.model}".{editor_name}]' if per_model else "none"}
+    return ResolvedConfig(run=run, hparams=hparams, sources=sources)

@@ -1,0 +1,50 @@
+"""The plugin contract. Every hook is optional; a plugin implements the ones it needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("harness")
+hookimpl = pluggy.HookimplMarker("harness")
+
+
+@hookspec
+def register_editors(register):
+    """Call ``register(name, editor_class)`` for each editor; the class names its hparams dataclass."""
+
+
+@hookspec
+def register_tasks(register):
+    """Call ``register(task)`` for each task variant (an object following ``harness.api.Task``)."""
+
+
+@hookspec
+def register_models(register):
+    """Call ``register(source)`` for each named model (a ``harness.models.ModelSource``)."""
+
+
+@hookspec
+def register_metrics(register):
+    """Call ``register(name, fn)`` with ``fn(answer_ids, expected_ids, answer, expected) -> float``."""
+
+
+@hookspec
+def template_dirs() -> list[str]:
+    """Return directories holding Jinja templates; later plugins cannot shadow earlier names."""
+
+
+@hookspec
+def before_edit(request: Any, run: Any) -> None:
+    """Called before each edit is applied (``request`` is an EditRequest, ``run`` the RunContext)."""
+
+
+@hookspec
+def after_edit(request: Any, sample: dict, run: Any) -> None:
+    """Called after each edit was probed, scored and restored; ``sample`` is its samples.jsonl line."""
+
+
+@hookspec
+def after_run(results: dict, run: Any) -> None:
+    """Called once with the final results dictionary, after results.json is written."""

@@ -1,0 +1,126 @@
+"""Plugin manager: built-in and third-party plugins load through the entry-point group ``harness``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import logging
+import os
+from typing import Any
+
+import pluggy
+
+from harness import hookspecs, metrics
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "harness"
+LOAD_ENV = "HARNESS_LOAD_PLUGINS"
+
+pm = pluggy.PluginManager("harness")
+pm.add_hookspecs(hookspecs)
+_loaded = False
+
+
+class UnknownName(KeyError):
+    """A name that no plugin registered; the message lists close matches."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _selected() -> set[str] | None:
+    raw = os.environ.get(LOAD_ENV)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load core defaults, then every entry point (or only those named in HARNESS_LOAD_PLUGINS).
+
+    A plugin that fails to import is reported with a warning naming it; the rest still load.
+    """
+    global _loaded
+    if _loaded:
+        return pm
+    _loaded = True
+    pm.register(metrics, name="harness.metrics")
+    selected = _selected()
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if selected is not None and entry_point.name not in selected:
+            continue
+        if pm.has_plugin(entry_point.name):
+            continue
+        try:
+            module = entry_point.load()
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not break the harness
+            dist = entry_point.dist.name if entry_point.dist else "?"
+            log.warning(
+                "plugin %r (from %s) failed to load and is skipped: %s", entry_point.name, dist, error
+            )
+            continue
+        pm.register(module, name=entry_point.name)
+    return pm
+
+
+def plugin_listing() -> list[dict[str, Any]]:
+    """What ``harness plugins`` prints: name, distribution version and implemented hooks."""
+    load_plugins()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    listing = []
+    for plugin in pm.get_plugins():
+        entry: dict[str, Any] = {
+            "name": pm.get_name(plugin),
+            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+        }
+        dist = dists.get(id(plugin))
+        if dist is not None:
+            entry["package"] = dist.project_name
+            entry["version"] = dist.version
+        listing.append(entry)
+    return sorted(listing, key=lambda e: e["name"])
+
+
+def _collect(hook_name: str, key) -> dict[str, Any]:
+    load_plugins()
+    found: dict[str, Any] = {}
+
+    def register(*args):
+        name = key(args)
+        if name in found:
+            raise ValueError(f"two plugins register the {hook_name[9:-1]} {name!r}")
+        found[name] = args[-1]
+
+    getattr(pm.hook, hook_name)(register=register)
+    return found
+
+
+def editors() -> dict[str, type]:
+    return _collect("register_editors", lambda args: args[0])
+
+
+def tasks() -> dict[str, Any]:
+    return _collect("register_tasks", lambda args: args[0].name)
+
+
+def models() -> dict[str, Any]:
+    return _collect("register_models", lambda args: args[0].name)
+
+
+def metric_functions() -> dict[str, Any]:
+    return _collect("register_metrics", lambda args: args[0])
+
+
+def template_dirs() -> list[str]:
+    load_plugins()
+    return [d for dirs in pm.hook.template_dirs() for d in dirs]
+
+
+def lookup(kind: str, name: str, registry: dict[str, Any]) -> Any:
+    """``registry[name]``, or an error that lists close matches and how to see every name."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownName(f"unknown {kind} {name!r}.{hint} See `harness ls {kind}s`.")

@@ -1,0 +1,12 @@
+"""ROME (Meng et al., 2022): a rank-one update of one MLP output matrix (see ALGORITHMS.md)."""
+
+from harness_plugins.methods.rome.editor import ROME, ROMEHparams
+
+from harness.hookspecs import hookimpl
+
+__all__ = ["ROME", "ROMEHparams"]
+
+
+@hookimpl
+def register_editors(register):
+    register("rome", ROME)

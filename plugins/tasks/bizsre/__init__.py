@@ -1,0 +1,144 @@
+"""Bi-ZsRE cross-lingual editing (Wang et al., 2023): edit in one language, probe in both.
+
+One definition generates every variant: ``bizsre_{edit}_{other}`` with all four properties and
+``bizsre_{edit}_{other}_{property}`` with one. Records come from ``{data_dir}/bizsre/`` or, with no
+data directory configured, from a bundled sample of invented facts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.api import EditRequest, Probe, Record, ValidationIssue
+from harness.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+LANGUAGES = ("en", "zh")
+PROPERTIES = ("reliability", "generality", "locality", "portability")
+DATA_FILES = ("bizsre/bizsre_test_enzh_743.json", "bizsre/bizsre_test.json")
+SAMPLE = Path(__file__).parent / "sample" / "bizsre_sample_enzh_20.json"
+FIELDS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
+PORTABILITY_FIELDS = ("New Question", "New Answer")
+# Natural Questions locality prompts carry this marker; drop it as a prefix (the original code
+# stripped it as a character set, which could eat the question's first letters).
+LOC_PREFIX = "nq question: "
+
+
+@dataclass(frozen=True)
+class BiZsRETask:
+    edit_language: str
+    properties: tuple[str, ...] = PROPERTIES
+    template: str = "bizsre/question.jinja"
+    languages: tuple[str, ...] = LANGUAGES
+
+    @property
+    def name(self) -> str:
+        other = next(lang for lang in self.languages if lang != self.edit_language)
+        suffix = "" if self.properties == PROPERTIES else "_" + "_".join(self.properties)
+        return f"bizsre_{self.edit_language}_{other}{suffix}"
+
+    @property
+    def description(self) -> str:
+        return f"Bi-ZsRE: edit in {self.edit_language}, probe {'/'.join(self.properties)} in en and zh"
+
+    def data_files(self, data_dir: Path | None) -> list[Path]:
+        if data_dir is None:
+            return [SAMPLE]
+        candidates = [Path(data_dir) / name for name in DATA_FILES]
+        for path in candidates:
+            if path.is_file():
+                return [path]
+        raise FileNotFoundError(
+            f"task {self.name}: none of {[str(p) for p in candidates]} exists under data dir {data_dir}"
+        )
+
+    def load_raw(self, data_dir: Path | None) -> list[dict[str, Any]]:
+        import datasets
+
+        if data_dir is None:
+            log.warning("no data directory configured: using the bundled sample of %s", SAMPLE.name)
+        (path,) = self.data_files(data_dir)
+        return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+
+    def validate(self, raw: list[dict[str, Any]]) -> list[ValidationIssue]:
+        issues: list[ValidationIssue] = []
+        for index, record in enumerate(raw):
+            for lang in self.languages:
+                side = record.get(lang)
+                if not isinstance(side, dict):
+                    issues.append(ValidationIssue(index, lang, "missing language side"))
+                    continue
+                for name in FIELDS:
+                    if not isinstance(side.get(name), str) or not side[name].strip():
+                        issues.append(ValidationIssue(index, f"{lang}.{name}", "missing or empty"))
+                portability = side.get("portability")
+                for name in PORTABILITY_FIELDS:
+                    value = portability.get(name) if isinstance(portability, dict) else None
+                    if not isinstance(value, str) or not value.strip():
+                        issues.append(
+                            ValidationIssue(index, f"{lang}.portability.{name}", "missing or empty")
+                        )
+            edit = record.get(self.edit_language)
+            subject, src = (edit.get("subject"), edit.get("src")) if isinstance(edit, dict) else (None, None)
+            if isinstance(subject, str) and isinstance(src, str) and subject and subject not in src:
+                issues.append(
+                    ValidationIssue(
+                        index,
+                        f"{self.edit_language}.subject",
+                        f"subject {subject!r} not found in src {src!r}",
+                    )
+                )
+        return issues
+
+    def records(self, raw: list[dict[str, Any]], render: Callable[[str], str]) -> list[Record]:
+        return [self._record(str(index), item, render) for index, item in enumerate(raw)]
+
+    def _record(self, record_id: str, item: dict[str, Any], render: Callable[[str], str]) -> Record:
+        edit = item[self.edit_language]
+        request = EditRequest(
+            prompt=render(edit["src"]),
+            target=edit["alt"],
+            subject=edit["subject"],
+            language=self.edit_language,
+            record_id=record_id,
+        )
+        probes: list[Probe] = []
+        if "reliability" in self.properties:
+            probes.append(Probe("reliability", self.edit_language, request.prompt, edit["alt"]))
+        for lang in self.languages:
+            side = item[lang]
+            if "generality" in self.properties:
+                probes.append(Probe("generality", lang, render(side["rephrase"]), side["alt"]))
+            if "locality" in self.properties:
+                probes.append(
+                    Probe(
+                        "locality",
+                        lang,
+                        render(side["loc"].removeprefix(LOC_PREFIX)),
+                        side["loc_ans"],
+                        reference_is_pre_edit=True,
+                    )
+                )
+            if "portability" in self.properties:
+                port = side["portability"]
+                probes.append(Probe("portability", lang, render(port["New Question"]), port["New Answer"]))
+        return Record(id=record_id, request=request, probes=tuple(probes), raw=item)
+
+
+def variants() -> list[BiZsRETask]:
+    tasks = []
+    for edit_language in LANGUAGES:
+        tasks.append(BiZsRETask(edit_language))
+        tasks += [BiZsRETask(edit_language, (prop,)) for prop in PROPERTIES]
+    return tasks
+
+
+@hookimpl
+def register_tasks(register):
+    for task in variants():
+        register(task)
