@@ -1,4 +1,221 @@
-def run(*a, **k): ...
+"""One run from Python or the CLI: resolve config, load plugins/model/data, evaluate, write results."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import config as config_module
+from harness import plugins
+from harness.api import Edit, EditorContext, EditRequest
+from harness.evaluator import RunContext, Scorer, evaluate
+from harness.models import cache_dir, file_sha256, load_model
+from harness.results import RESULTS, SampleLog, aggregate, check_manifest, edit_timings, write_json
+from harness.templates import Templates
+
+log = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("kedit-harness", "torch", "transformers", "datasets", "evaluate", "pluggy", "jinja2")
 
 
-def apply_edit(*a, **k): ...
+class DataError(ValueError):
+    """The task's records fail validation; the message lists them by index and field."""
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+def load_task_records(task, data_dir: Path | None, template: str, templates: Templates, limit: int):
+    """Raw data -> validated records (first ``limit``); errors name every bad record and field."""
+    raw = task.load_raw(data_dir)
+    if limit:
+        raw = raw[:limit]
+    issues = task.validate(raw)
+    if issues:
+        shown = "\n  ".join(str(i) for i in issues[:10])
+        more = f"\n  ... and {len(issues) - 10} more" if len(issues) > 10 else ""
+        raise DataError(
+            f"task {task.name}: {len(issues)} bad record(s):\n  {shown}{more}\n"
+            f"Run `harness validate --task {task.name}` for the full list."
+        )
+    return task.records(raw, lambda question: templates.render(template, question=question))
+
+
+def run(
+    editor: str,
+    task: str,
+    model: str | None = None,
+    data_dir: str | None = None,
+    output_dir: str | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``editor`` on ``task`` and return the results dictionary (also in results.json).
+
+    Running again with the same output directory resumes: finished edits are read back, not redone.
+    """
+    started = time.perf_counter()
+    editor_class = plugins.lookup("editor", editor, plugins.editors())
+    task_obj = plugins.lookup("task", task, plugins.tasks())
+    cli = {"model": model, "data_dir": data_dir, "output_dir": output_dir, "limit": limit, "seed": seed}
+    resolved = config_module.resolve(
+        editor_class.hparams_class,
+        editor,
+        cli,
+        {k: str(v) for k, v in (overrides or {}).items()},
+        config_file,
+    )
+    cfg = resolved.run
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data_path = Path(cfg.data_dir) if cfg.data_dir else None
+    templates = Templates()
+    template = cfg.template or task_obj.template
+    records = load_task_records(task_obj, data_path, template, templates, cfg.limit)
+    data_files = {str(p): file_sha256(p) for p in task_obj.data_files(data_path)}
+
+    load_started = time.perf_counter()
+    loaded = load_model(cfg.model, plugins.models())
+    load_seconds = time.perf_counter() - load_started
+    scoring = loaded.tokenizer
+    if cfg.scoring_tokenizer:
+        from transformers import AutoTokenizer
+
+        scoring = AutoTokenizer.from_pretrained(cfg.scoring_tokenizer)
+    hparams = dataclasses.asdict(resolved.hparams)
+    run_config = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("limit", "output_dir", "threads")
+    }
+    manifest = {
+        "editor": editor,
+        "task": task,
+        "hparams": hparams,
+        "config": run_config,
+        "model_sha256": loaded.identity["sha256"],
+        "data": data_files,
+        "templates": dict(templates.used),
+    }
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(cfg.output_dir or Path("results") / _slug(cfg.model) / editor / f"{task}-{digest}")
+    check_manifest(out, manifest)
+
+    editor_obj = editor_class(resolved.hparams)
+    context = EditorContext(
+        cache_dir=cache_dir(),
+        seed=cfg.seed,
+        data_dir=data_path,
+        model_id=loaded.identity["sha256"],
+        languages=tuple(task_obj.languages),
+    )
+    prepare_started = time.perf_counter()
+    editor_obj.prepare(loaded.model, loaded.tokenizer, context)
+    prepare_seconds = time.perf_counter() - prepare_started
+    if data_path is None:
+        log.warning("results come from the bundled sample of invented facts, not a benchmark")
+
+    run_context = RunContext(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        editor=editor_obj,
+        records=records,
+        scorer=Scorer(scoring, plugins.metric_functions()),
+        answer_mode=cfg.answer_mode,
+        batch_size=cfg.batch_size,
+        output_dir=out,
+        cache_dir=cache_dir(),
+        model_fingerprint=loaded.identity["sha256"],
+    )
+    samples = evaluate(run_context, SampleLog(out), progress=progress)
+    results = {
+        "results": {task: aggregate(samples, "post")},
+        "pre_edit": {task: aggregate(samples, "pre")},
+        "n-samples": {task: len(samples)},
+        "editor": editor,
+        "task": {
+            "name": task,
+            "description": task_obj.description,
+            "edit_language": task_obj.edit_language,
+            "template": template,
+        },
+        "config": dataclasses.asdict(cfg),
+        "hparams": hparams,
+        "hparams_sources": resolved.sources,
+        "model": loaded.identity,
+        "data": data_files if data_path else {"bundled_sample": data_files},
+        "templates": dict(templates.used),
+        "scoring": {
+            "tokenizer": cfg.scoring_tokenizer or f"model:{cfg.model}",
+            "answer_mode": cfg.answer_mode,
+        },
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "timings": {
+            "total_seconds": time.perf_counter() - started,
+            "model_load_seconds": load_seconds,
+            "prepare_seconds": prepare_seconds,
+            **edit_timings(samples),
+        },
+        "output_dir": str(out),
+    }
+    write_json(out / RESULTS, results)
+    plugins.pm.hook.after_run(results=results, run=run_context)
+    return results
+
+
+def apply_edit(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    editor: str,
+    requests: EditRequest | list[EditRequest],
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Edit:
+    """Apply one editor to an already loaded model, in place, for a one-off edit in a notebook.
+
+    The model IS changed when this returns; call ``edit.restore()`` (or use ``with``) to get the
+    exact original weights back.
+    """
+    editor_class = plugins.lookup("editor", editor, plugins.editors())
+    params = config_module.build(editor_class.hparams_class, hparams or {}, f"{editor} hparams")
+    editor_obj = editor_class(params)
+    editor_obj.prepare(
+        model,
+        tokenizer,
+        EditorContext(cache_dir=cache_dir(), seed=seed, model_id=getattr(model, "harness_fingerprint", "")),
+    )
+    return editor_obj.apply(model, tokenizer, requests if isinstance(requests, list) else [requests])

@@ -211,7 +211,7 @@ def optimise_value(
         nll = token_nll.view(n_prompts, len(goal)).mean()
         kl = torch.nn.functional.kl_div(essence_before, log_probs[-1], log_target=True, reduction="sum")
         loss = nll + objective.kl_factor * kl + objective.weight_decay * delta.norm() / reference_norm**2
-        losses.append(float(loss))
+        losses.append(loss.item())
         if float(nll) < objective.stop_loss:
             break
         optimiser.zero_grad()

@@ -1,0 +1,133 @@
+"""Command line: harness run | ls | plugins | validate | report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness import plugins
+
+
+def _run(args) -> int:
+    from harness.config import parse_overrides
+    from harness.report import table
+    from harness.runner import run
+
+    results = run(
+        editor=args.editor,
+        task=args.task,
+        model=args.model,
+        data_dir=args.data_dir,
+        output_dir=args.output_dir,
+        limit=args.limit,
+        seed=args.seed,
+        overrides=parse_overrides(args.set or []),
+        config_file=args.config,
+    )
+    print(table(results))
+    print(f"results: {Path(results['output_dir']) / 'results.json'}")
+    return 0
+
+
+def _ls(args) -> int:
+    if args.what == "editors":
+        for name, cls in sorted(plugins.editors().items()):
+            print(f"{name:16} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+    elif args.what == "tasks":
+        for name, task in sorted(plugins.tasks().items()):
+            print(f"{name:32} {task.description}")
+    else:
+        for name, source in sorted(plugins.models().items()):
+            print(f"{name:16} {source.description}")
+    return 0
+
+
+def _plugins(args) -> int:
+    print(json.dumps(plugins.plugin_listing(), indent=2))
+    return 0
+
+
+def _validate(args) -> int:
+    from harness.config import read_toml_files
+
+    task = plugins.lookup("task", args.task, plugins.tasks())
+    data_dir = (
+        args.data_dir
+        or os.environ.get("HARNESS_DATA_DIR")
+        or read_toml_files(args.config).get("run", {}).get("data_dir")
+    )
+    raw = task.load_raw(Path(data_dir) if data_dir else None)
+    issues = task.validate(raw)
+    for issue in issues:
+        print(issue)
+    print(f"{task.name}: {len(raw)} records, {len(issues)} problem(s)")
+    return 1 if issues else 0
+
+
+def _report(args) -> int:
+    from harness.report import table
+
+    for path in args.results:
+        print(table(json.loads(Path(path).read_text(encoding="utf-8")), markdown=args.markdown))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="harness", description="Evaluate knowledge editors on editing tasks.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="edit and evaluate")
+    run.add_argument("--editor", required=True)
+    run.add_argument("--task", required=True)
+    run.add_argument("--model", help="registered name, local HF dir, .gguf file or hub id")
+    run.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR, harness.toml, bundled sample)")
+    run.add_argument("--output-dir", help="where results.json and samples.jsonl go; reused to resume")
+    run.add_argument("--limit", type=int, help="evaluate only the first N records")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
+    run.set_defaults(handler=_run)
+
+    ls = sub.add_parser("ls", help="list editors, tasks or models")
+    ls.add_argument("what", choices=["editors", "tasks", "models"])
+    ls.set_defaults(handler=_ls)
+
+    sub.add_parser("plugins", help="print loaded plugins as JSON").set_defaults(handler=_plugins)
+
+    validate = sub.add_parser("validate", help="report every bad record of a task's data")
+    validate.add_argument("--task", required=True)
+    validate.add_argument("--data-dir")
+    validate.add_argument("--config")
+    validate.set_defaults(handler=_validate)
+
+    report = sub.add_parser("report", help="print the paper-style table of results.json files")
+    report.add_argument("results", nargs="+")
+    report.add_argument("--markdown", action="store_true")
+    report.set_defaults(handler=_report)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished edits are kept, run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - one clear line instead of a traceback
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        print("(set HARNESS_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
