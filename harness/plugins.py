@@ -20,6 +20,7 @@ LOAD_ENV = "HARNESS_LOAD_PLUGINS"
 pm = pluggy.PluginManager("harness")
 pm.add_hookspecs(hookspecs)
 _loaded = False
+_distributions: dict[str, importlib.metadata.Distribution] = {}
 
 
 class UnknownName(KeyError):
@@ -61,22 +62,23 @@ def load_plugins() -> pluggy.PluginManager:
             )
             continue
         pm.register(module, name=entry_point.name)
+        if entry_point.dist is not None:
+            _distributions[entry_point.name] = entry_point.dist
     return pm
 
 
 def plugin_listing() -> list[dict[str, Any]]:
     """What ``harness plugins`` prints: name, distribution version and implemented hooks."""
     load_plugins()
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     listing = []
     for plugin in pm.get_plugins():
         entry: dict[str, Any] = {
             "name": pm.get_name(plugin),
             "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
         }
-        dist = dists.get(id(plugin))
+        dist = _distributions.get(entry["name"])
         if dist is not None:
-            entry["package"] = dist.project_name
+            entry["package"] = dist.name
             entry["version"] = dist.version
         listing.append(entry)
     return sorted(listing, key=lambda e: e["name"])

@@ -212,7 +212,7 @@ def optimise_value(
         kl = torch.nn.functional.kl_div(essence_before, log_probs[-1], log_target=True, reduction="sum")
         loss = nll + objective.kl_factor * kl + objective.weight_decay * delta.norm() / reference_norm**2
         losses.append(loss.item())
-        if float(nll) < objective.stop_loss:
+        if nll.item() < objective.stop_loss:
             break
         optimiser.zero_grad()
         loss.backward()

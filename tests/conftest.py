@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated harness cache, tiny random models, the real demo model and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import plugins
+from harness.models import load_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness_cache(tmp_path_factory) -> Path:
+    """Tests get their own cache, except for converted real models (minutes to rebuild)."""
+    path = tmp_path_factory.mktemp("harness-cache")
+    shared = Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "kedit-harness")
+    (shared / "models").mkdir(parents=True, exist_ok=True)
+    (path / "models").symlink_to(shared / "models", target_is_directory=True)
+    os.environ["HARNESS_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(harness_cache):
+    return load_model("tiny-llama", plugins.models())
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(harness_cache):
+    return load_model("tiny-gpt2", plugins.models())
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared Bi-ZsRE data; CI sets HARNESS_DATA_DIR, and a missing one fails loudly."""
+    raw = os.environ.get("HARNESS_DATA_DIR")
+    if not raw or not (Path(raw) / "bizsre" / "bizsre_test_enzh_743.json").is_file():
+        pytest.fail(
+            f"HARNESS_DATA_DIR={raw!r} does not hold bizsre/bizsre_test_enzh_743.json; "
+            "point it at the shared data (CI uses ../shared/data)"
+        )
+    return Path(raw)
+
+
+@pytest.fixture(scope="session")
+def gemma(harness_cache):
+    """The packaged demo model (converted once into the user's cache)."""
+    try:
+        return load_model("gemma3-270m", plugins.models())
+    except Exception as error:  # noqa: BLE001 - turn a missing package into a clear failure
+        pytest.fail(f"demo model gemma3-270m unavailable: {error}")

@@ -1,0 +1,113 @@
+"""ROME's math: the rank-one write hits its key exactly, leaves orthogonal directions alone, restores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.api import Edit, EditorContext, EditRequest, RestoreError
+from harness.models import architecture, cache_dir
+from harness.weight_editing import context_prefixes, keys_at, rank_one_update, subject_last_token
+from harness_plugins.methods.rome import ROME, ROMEHparams
+
+
+def _orthogonal_to(u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(u.shape, generator=generator, dtype=u.dtype)
+    return x - (x @ u) / (u @ u) * u
+
+
+@pytest.mark.parametrize("use_moment", [False, True])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rank_one_update_writes_key_and_spares_orthogonal_directions(use_moment, transposed):
+    g = torch.Generator().manual_seed(0)
+    d, d_ff = 8, 16
+    weight = torch.randn(d, d_ff, generator=g, dtype=torch.float64)
+    key, delta = (
+        torch.randn(d_ff, generator=g, dtype=torch.float64),
+        torch.randn(d, generator=g, dtype=torch.float64),
+    )
+    direction = None
+    if use_moment:
+        a = torch.randn(d_ff, d_ff, generator=g, dtype=torch.float64)
+        direction = torch.linalg.solve(a @ a.T + torch.eye(d_ff, dtype=torch.float64), key)
+    stored = weight.T.clone() if transposed else weight.clone()
+    rank_one_update(stored, key, delta, direction, transposed=transposed)
+    new = stored.T if transposed else stored
+    target = weight @ key + delta  # v* = W k* + delta
+    torch.testing.assert_close(new @ key, target, rtol=0, atol=1e-12)
+    u = key if direction is None else direction
+    for _ in range(3):
+        x = _orthogonal_to(u, g)
+        torch.testing.assert_close(new @ x, weight @ x, rtol=0, atol=1e-12)
+    assert torch.linalg.matrix_rank(new - weight) == 1
+
+
+def _params(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.fixture
+def rome_edit(tiny_llama):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    editor = ROME(ROMEHparams(layer=1, steps=5, contexts_per_length=2))
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    request = EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en")
+    before = _params(model)
+    edit = editor.apply(model, tokenizer, [request])
+    yield model, tokenizer, editor, request, before, edit
+    edit.restore()
+
+
+def test_rome_touches_one_matrix_with_a_rank_one_change_along_the_subject_key(rome_edit):
+    model, tokenizer, editor, request, before, edit = rome_edit
+    arch = architecture(model)
+    weight_name = arch.mlp_out_weight(1)
+    after = _params(model)
+    assert edit.touched == [weight_name]
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert changed == [weight_name]
+    # recompute k* independently: the key averaged over the same cached context prefixes
+    prefixes = context_prefixes(model, tokenizer, "en", 0, cache_dir(), [(5, 2), (10, 2)])
+    texts = [p + request.prompt for p in prefixes]
+    positions = [subject_last_token(tokenizer, t, request.subject) for t in texts]
+    key = keys_at(model, tokenizer, texts, positions, arch.mlp_out.format(1)).mean(0)
+    change = (after[weight_name] - before[weight_name]).double()
+    assert torch.linalg.matrix_rank(change, rtol=1e-5) == 1
+    g = torch.Generator().manual_seed(1)
+    x = _orthogonal_to(key.double(), g)
+    assert (change @ x).abs().max() < 1e-6 * change.abs().max()
+    delta = change @ key.double()
+    assert float(delta.norm()) == pytest.approx(edit.info["delta_norm"], rel=1e-4)
+    clamp = editor.hparams.clamp_norm_factor * float((before[weight_name] @ key).norm())
+    assert float(delta.norm()) <= clamp * (1 + 1e-5)
+
+
+def test_restore_is_bit_exact(rome_edit):
+    model, _, _, _, before, edit = rome_edit
+    edit.restore()
+    after = _params(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    edit.restore()  # idempotent
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_restore_fails_loudly_when_weights_do_not_come_back(tiny_llama):
+    model = tiny_llama.model
+    name = architecture(model).mlp_out_weight(0)
+    edit = Edit.snapshot(model, [name])
+    original = edit.originals[name].clone()
+    edit.originals[name][0, 0] = float("nan")  # NaN != NaN: the copy cannot verify
+    with pytest.raises(RestoreError, match=name.replace(".", r"\.")):
+        edit.restore()
+    with torch.no_grad():
+        model.get_parameter(name).copy_(original)
+
+
+def test_subject_last_token_uses_offsets(tiny_llama):
+    tokenizer = tiny_llama.tokenizer  # byte-level: one token per byte, BOS first
+    text = "Where is Zorvik Tower?"
+    index = subject_last_token(tokenizer, text, "Zorvik Tower")
+    assert index == 1 + text.index("Tower") + len("Tower") - 1
+    assert subject_last_token(tokenizer, text, "zorvik tower") == index  # case-insensitive fallback
+    with pytest.raises(ValueError, match="not found"):
+        subject_last_token(tokenizer, text, "Eiffel")
