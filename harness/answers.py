@@ -118,11 +118,19 @@ def generated(
         )
         for row, i in enumerate(chunk):
             tokens = out[row, ids.shape[1] : ids.shape[1] + encoded[i][1] + extra_tokens].tolist()
-            if tokenizer.eos_token_id in tokens:
-                tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-            text = tokenizer.decode(tokens, skip_special_tokens=True).split("\n")[0]
-            answers[i] = Answer(text, tuple(tokens))
+            answers[i] = _cut_at_line_end(tokenizer, tokens)
     return answers  # type: ignore[return-value]
+
+
+def _cut_at_line_end(tokenizer, tokens: list[int]) -> Answer:
+    """Keep what comes before EOS and the first newline; ids end with the last whole token kept."""
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if "\n" not in text:
+        return Answer(text, tuple(tokens))
+    kept = next(k for k in range(len(tokens) + 1) if "\n" in tokenizer.decode(tokens[: k + 1]))
+    return Answer(text.split("\n")[0], tuple(tokens[:kept]))
 
 
 def read_answers(model, tokenizer, pairs: list[tuple[str, str]], mode: str, batch_size: int) -> list[Answer]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.answers import ANSWER_MODES
+
 PACKAGED_DEFAULTS = Path(__file__).parent / "harness.toml"
 
 
@@ -37,6 +39,13 @@ class RunConfig:
     scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
     template: str = ""  # empty: the task's own probe template
     threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.answer_mode not in ANSWER_MODES:
+            raise ConfigError(f"answer_mode: {self.answer_mode!r} is not one of {list(ANSWER_MODES)}")
+        for name in ("limit", "batch_size", "threads"):
+            if getattr(self, name) < (1 if name == "batch_size" else 0):
+                raise ConfigError(f"{name}: {getattr(self, name)} is out of range")
 
 
 def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:
