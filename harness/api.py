@@ -143,6 +143,7 @@ class Task(Protocol):
     properties: tuple[str, ...]
     languages: tuple[str, ...]
     edit_language: str
+    template: str  # default probe template name (``--set template=...`` overrides)
 
     def data_files(self, data_dir: Any) -> list[Any]:
         """Files the records come from (hashed into results)."""
@@ -154,4 +155,4 @@ class Task(Protocol):
         """Every problem in the raw data, by record index and field."""
 
     def records(self, raw: list[dict[str, Any]], render) -> list[Record]:
-        """Records with edit requests and probes; ``render(template, **fields)`` renders prompts."""
+        """Records with edit requests and probes; ``render(question)`` renders a prompt."""
