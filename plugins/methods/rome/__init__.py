@@ -1,8 +1,7 @@
 """ROME (Meng et al., 2022): a rank-one update of one MLP output matrix (see ALGORITHMS.md)."""
 
-from harness_plugins.methods.rome.editor import ROME, ROMEHparams
-
 from harness.hookspecs import hookimpl
+from harness_plugins.methods.rome.editor import ROME, ROMEHparams
 
 __all__ = ["ROME", "ROMEHparams"]
 

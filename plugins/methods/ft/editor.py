@@ -1,0 +1,134 @@
+"""FT-L and FT-M: fine-tune only the MLP output matrices of chosen layers on the new facts.
+
+FT-L (the ROME paper's baseline) scores every target token at the last prompt position and keeps the
+weights inside an L-infinity ball around the originals; FT-M teacher-forces ``prompt + target`` and
+masks the prompt out of the loss. Both train on all requests of a batch at once with Adam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, scored_positions, target_ids
+from harness.api import Edit, EditorContext, EditRequest
+from harness.models import architecture
+
+OBJECTIVES = ("last_position", "masked")
+
+
+@dataclass(frozen=True)
+class FTHparams:
+    """FT-L defaults: last-position loss, weights clamped to [W0 - eps, W0 + eps]."""
+
+    layers: tuple[int, ...] = (5,)
+    steps: int = 25
+    lr: float = 5e-4
+    stop_loss: float = 1e-2
+    norm_constraint: float = 5e-4  # L-infinity radius eps; 0 means unconstrained
+    objective: str = "last_position"  # or "masked"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.norm_constraint < 0:
+            raise ValueError(f"norm_constraint must be >= 0, got {self.norm_constraint}")
+        if not self.layers:
+            raise ValueError("layers must name at least one layer")
+
+
+@dataclass(frozen=True)
+class FTMHparams(FTHparams):
+    """FT-M defaults: masked teacher-forced loss, no weight constraint."""
+
+    norm_constraint: float = 0.0
+    objective: str = "masked"
+
+
+def _batch(tokenizer, requests: list[EditRequest], objective: str):
+    """Padded inputs plus the (row, position) pairs that predict each target token, and those tokens."""
+    prompts = [prompt_ids(tokenizer, r.prompt) for r in requests]
+    targets = [target_ids(tokenizer, r.target) for r in requests]
+    lengths = [len(t) for t in targets]
+    if objective == "masked":
+        ids, mask = pad_batch([p + t for p, t in zip(prompts, targets)], tokenizer.pad_token_id)
+        rows, cols = scored_positions([len(p) for p in prompts], lengths)
+    else:
+        ids, mask = pad_batch(prompts, tokenizer.pad_token_id)
+        rows = torch.arange(len(requests)).repeat_interleave(torch.tensor(lengths))
+        cols = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(torch.tensor(lengths))
+    return ids, mask, rows, cols, torch.tensor([tok for t in targets for tok in t])
+
+
+class FT:
+    """FT-L; ``hparams.objective`` and ``hparams.norm_constraint`` select the variant."""
+
+    name = "ft-l"
+    hparams_class: type[FTHparams] = FTHparams
+    supports_batch = True
+
+    def __init__(self, hparams: FTHparams):
+        self.hparams = hparams
+        self.context: EditorContext | None = None
+
+    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+        n_layers = model.config.num_hidden_layers
+        bad = [layer for layer in self.hparams.layers if not 0 <= layer < n_layers]
+        if bad:
+            raise ValueError(
+                f"{self.name}: layers={self.hparams.layers} has {bad} outside the model's 0..{n_layers - 1}"
+            )
+        self.context = context
+
+    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
+        if self.context is None:
+            raise RuntimeError(f"{self.name}: call prepare() before apply()")
+        if not requests:
+            raise ValueError(f"{self.name}: no requests to apply")
+        hp = self.hparams
+        torch.manual_seed(self.context.seed)
+        names = [architecture(model).mlp_out_weight(layer) for layer in sorted(set(hp.layers))]
+        edit = Edit.snapshot(model, names)
+        weights = [model.get_parameter(name) for name in names]
+        ids, mask, rows, cols, targets = _batch(tokenizer, requests, hp.objective)
+        counts = torch.bincount(rows, minlength=len(requests)).float()
+        optimiser = torch.optim.Adam(weights, lr=hp.lr)
+        for weight in weights:
+            weight.requires_grad_(True)
+        try:
+            for step in range(hp.steps + 1):  # the extra pass only measures the final loss
+                hidden = final_hidden(model, ids, mask)[rows, cols]
+                nll = torch.nn.functional.cross_entropy(
+                    output_logits(model, hidden).float(), targets, reduction="none"
+                )
+                loss = (torch.zeros(len(requests)).index_add(0, rows, nll) / counts).mean()
+                if loss.item() < hp.stop_loss or step == hp.steps:
+                    break
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                if hp.norm_constraint > 0:
+                    with torch.no_grad():
+                        for weight, name in zip(weights, names):
+                            original = edit.originals[name]
+                            weight.copy_(
+                                torch.clamp(
+                                    weight, original - hp.norm_constraint, original + hp.norm_constraint
+                                )
+                            )
+        finally:
+            for weight in weights:
+                weight.requires_grad_(False)
+                weight.grad = None
+        edit.info = {"steps": step, "final_loss": loss.item()}
+        return edit
+
+
+class FTM(FT):
+    """FT-M: the same trainer with the masked teacher-forced objective by default."""
+
+    name = "ft-m"
+    hparams_class = FTMHparams
