@@ -100,7 +100,60 @@ def keys_at(
     return torch.cat(found)
 
 
+STARTERS = {"en": ["The", "Therefore", "Because", "I", "You"], "zh": ["这", "因此", "因为", "我", "你"]}
+
+
 @torch.no_grad()
+def sample_texts(
+    model,
+    tokenizer,
+    starters: Sequence[str],
+    length: int,
+    count: int,
+    top_k: int,
+    seed: int,
+    batch_size: int = 32,
+) -> list[str]:
+    """``count`` continuations of ``length`` tokens sampled (top-k) from the model, cycling ``starters``."""
+    torch.manual_seed(seed)
+    texts: list[str] = []
+    for start in range(0, count, batch_size):
+        prompts = [
+            prompt_ids(tokenizer, starters[i % len(starters)])
+            for i in range(start, min(start + batch_size, count))
+        ]
+        ids, mask = pad_batch(prompts, tokenizer.pad_token_id, left=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            top_k=top_k,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=length,
+            min_new_tokens=length,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        texts += [tokenizer.decode(row, skip_special_tokens=True).replace("\n", " ").strip() for row in out]
+    return texts
+
+
+def _cached_json(path: Path, compute):
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    partial.rename(path)
+    return value
+
+
+def _cache_key(model, *parts) -> str:
+    fingerprint = getattr(model, "harness_fingerprint", "unknown")
+    return hashlib.sha256(json.dumps([fingerprint, *parts], ensure_ascii=False).encode()).hexdigest()[:24]
+
+
 def context_prefixes(
     model,
     tokenizer,
@@ -111,32 +164,36 @@ def context_prefixes(
 ) -> list[str]:
     """Short texts sampled from the model itself, used to average keys and values over contexts.
 
-    ``lengths`` lists (tokens, count) pairs. Cached on disk per model fingerprint, language and seed.
-    The empty prefix (the plain prompt) always comes first.
+    ``lengths`` lists (tokens, count) pairs. Cached per model fingerprint, language and seed. The
+    empty prefix (the plain prompt) always comes first.
     """
-    fingerprint = getattr(model, "harness_fingerprint", "unknown")
-    key = hashlib.sha256(json.dumps([fingerprint, language, seed, list(lengths)]).encode()).hexdigest()[:24]
-    path = cache / "context_prefixes" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    starters = {"zh": ["这", "因此", "因为", "我", "你"]}.get(
-        language, ["The", "Therefore", "Because", "I", "You"]
-    )
-    generator = torch.Generator().manual_seed(seed)
-    prefixes = [""]
-    for length, count in lengths:
-        for i in range(count):
-            ids = torch.tensor([prompt_ids(tokenizer, starters[i % len(starters)])])
-            for _ in range(length):
-                logits = output_logits(model, model.base_model(input_ids=ids).last_hidden_state[:, -1])
-                top = logits.topk(5, dim=-1)
-                choice = torch.multinomial(top.values.softmax(-1), 1, generator=generator)
-                ids = torch.cat([ids, top.indices.gather(-1, choice)], dim=1)
-            text = tokenizer.decode(ids[0], skip_special_tokens=True).replace("\n", " ").strip()
-            prefixes.append(text + ". ")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(prefixes, ensure_ascii=False), encoding="utf-8")
-    return prefixes
+    starters = STARTERS.get(language, STARTERS["en"])
+
+    def compute() -> list[str]:
+        prefixes = [""]
+        for length, count in lengths:
+            prefixes += [t + ". " for t in sample_texts(model, tokenizer, starters, length, count, 5, seed)]
+        return prefixes
+
+    key = _cache_key(model, "prefixes-v2", language, seed, [list(pair) for pair in lengths])
+    return _cached_json(cache / "context_prefixes" / f"{key}.json", compute)
+
+
+def sampled_corpus(
+    model, tokenizer, languages: Sequence[str], tokens: int, seed: int, cache: Path, length: int = 128
+) -> list[str]:
+    """Text sampled from the model in each language, for second moments when no corpus is on disk."""
+    per_language = -(-tokens // (length * max(len(languages), 1)))
+
+    def compute() -> list[str]:
+        texts: list[str] = []
+        for language in languages:
+            starters = STARTERS.get(language, STARTERS["en"])
+            texts += sample_texts(model, tokenizer, starters, length, per_language, 40, seed)
+        return texts
+
+    key = _cache_key(model, "corpus-v1", list(languages), tokens, seed, length)
+    return _cached_json(cache / "sampled_corpus" / f"{key}.json", compute)
 
 
 @dataclass(frozen=True)
@@ -281,13 +338,33 @@ def _load_verified(path: Path, expected_key: str) -> torch.Tensor | None:
     return moment
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the layer of interest has run: the rest of the model is not needed."""
+
+
+@contextlib.contextmanager
+def inputs_then_stop(target: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Capture ``target``'s input and abort the forward pass right there (catch _StopForward)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        seen.append(args[0].detach())
+        raise _StopForward
+
+    handle = target.register_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def second_moment(
-    model, tokenizer, module_name: str, texts: Sequence[str], tokens: int, cache: Path, batch_size: int = 16
+    model, tokenizer, module_name: str, texts: Sequence[str], tokens: int, cache: Path, batch_size: int = 64
 ) -> torch.Tensor:
     """E[k k^T] of ``module_name``'s input over up to ``tokens`` tokens of ``texts`` (float64), cached.
 
     The cache key covers the model's content fingerprint, module, corpus hash, token budget and
-    dtype; a file that fails its checksum is recomputed.
+    dtype; a file that fails its checksum is recomputed. Each batch stops at the module.
     """
     fingerprint = getattr(model, "harness_fingerprint", "unknown")
     key = _second_moment_key(fingerprint, module_name, texts, tokens, model.dtype)
@@ -301,13 +378,13 @@ def second_moment(
         for start in range(0, len(texts), batch_size):
             if count >= tokens:
                 break
-            ids, mask = pad_batch(
-                [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]], tokenizer.pad_token_id
-            )
-            with capture_input(target) as seen:
+            batch = [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]]
+            ids, mask = pad_batch(batch, tokenizer.pad_token_id)
+            with contextlib.suppress(_StopForward), inputs_then_stop(target) as seen:
                 model.base_model(input_ids=ids, attention_mask=mask)
-            keys = seen[0][mask.bool()].double()[: tokens - count]
-            total = keys.T @ keys if total is None else total + keys.T @ keys
+            keys = seen[0][mask.bool()][: tokens - count]
+            product = (keys.T @ keys).double()
+            total = product if total is None else total + product
             count += len(keys)
             progress.update(len(keys))
     progress.close()

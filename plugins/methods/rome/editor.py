@@ -18,6 +18,7 @@ from harness.weight_editing import (
     keys_at,
     optimise_value,
     rank_one_update,
+    sampled_corpus,
     second_moment,
     subject_last_token,
 )
@@ -54,6 +55,7 @@ class ROME:
         self.hparams = hparams
         self.context: EditorContext | None = None
         self.inverse_moment: torch.Tensor | None = None
+        self.corpus = "none (C = I)"
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         self.context = context
@@ -64,22 +66,28 @@ class ROME:
             self.inverse_moment = self._inverse_second_moment(model, tokenizer, context)
 
     def _inverse_second_moment(self, model, tokenizer, context: EditorContext) -> torch.Tensor:
-        if context.data_dir is None:
-            raise ValueError("rome: second_moments=true needs a data directory for its text corpus")
-        files = [Path(context.data_dir) / name for name in self.hparams.second_moment_corpus]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"rome: second_moment_corpus files not found: {missing}")
-        module_name = architecture(model).mlp_out.format(self.hparams.layer)
-        moment = second_moment(
-            model,
-            tokenizer,
-            module_name,
-            corpus_texts(files),
-            self.hparams.second_moment_tokens,
-            Path(context.cache_dir),
+        hp = self.hparams
+        files = (
+            [Path(context.data_dir) / name for name in hp.second_moment_corpus] if context.data_dir else []
         )
-        ridge = self.hparams.second_moment_ridge * moment.diagonal().mean()
+        if files and all(f.is_file() for f in files):
+            texts, self.corpus = corpus_texts(files), "files:" + ",".join(hp.second_moment_corpus)
+        else:
+            languages = context.languages or ("en",)
+            log.warning(
+                "rome: no second_moment_corpus files under the data dir; sampling the corpus "
+                "from the model itself (%s)",
+                "/".join(languages),
+            )
+            texts = sampled_corpus(
+                model, tokenizer, languages, hp.second_moment_tokens, context.seed, Path(context.cache_dir)
+            )
+            self.corpus = "model-samples:" + "/".join(languages)
+        module_name = architecture(model).mlp_out.format(hp.layer)
+        moment = second_moment(
+            model, tokenizer, module_name, texts, hp.second_moment_tokens, Path(context.cache_dir)
+        )
+        ridge = hp.second_moment_ridge * moment.diagonal().mean()
         return torch.linalg.inv(moment + ridge * torch.eye(len(moment), dtype=moment.dtype))
 
     def _prefixes(self, model, tokenizer, language: str) -> list[str]:
@@ -123,5 +131,6 @@ class ROME:
             "value_steps": result.steps,
             "final_loss": result.losses[-1],
             "delta_norm": float(result.delta.norm()),
+            "second_moment_corpus": self.corpus,
         }
         return edit
