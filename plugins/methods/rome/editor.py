@@ -48,6 +48,8 @@ class ROMEHparams:
 
 
 class ROME:
+    """Rank-one model editing: write (subject key -> optimised value) into one MLP matrix."""
+
     hparams_class = ROMEHparams
     supports_batch = False
 
