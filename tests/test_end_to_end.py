@@ -41,7 +41,6 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
     assert results["model"]["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["record_id"] for s in samples] == ["0", "1", "2"]
-    assert (
-        all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
-        or results["hparams"]["layer"] != 5
-    )
+    layer = results["hparams"]["layer"]
+    assert all(s["touched"] == [f"model.layers.{layer}.mlp.down_proj.weight"] for s in samples)
+    assert all(s["edit_info"]["second_moment_corpus"].startswith("files:") for s in samples)
