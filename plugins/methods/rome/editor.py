@@ -27,14 +27,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ROMEHparams:
+class ROMEHparams(ValueObjective):
+    """The value-optimisation settings (inherited) plus where and how ROME writes."""
+
     layer: int = 5
-    steps: int = 25
-    lr: float = 0.5
-    weight_decay: float = 1e-3
-    kl_factor: float = 0.0625
-    clamp_norm_factor: float = 4.0
-    stop_loss: float = 5e-2
     context_lengths: tuple[int, ...] = (5, 10)  # one group of prefixes per length
     contexts_per_length: int = 10
     second_moments: bool = False  # C = I as in the paper's LLaMA setting
