@@ -64,7 +64,7 @@ def _batch(tokenizer, requests: list[EditRequest], objective: str):
 
 
 class FT:
-    """FT-L; ``hparams.objective`` and ``hparams.norm_constraint`` select the variant."""
+    """FT-L: fine-tune MLP output matrices on the target, inside an L-infinity ball (ROME-paper baseline)."""
 
     name = "ft-l"
     hparams_class: type[FTHparams] = FTHparams
