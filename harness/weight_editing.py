@@ -117,7 +117,8 @@ def sample_texts(
     """``count`` continuations of ``length`` tokens sampled (top-k) from the model, cycling ``starters``."""
     torch.manual_seed(seed)
     texts: list[str] = []
-    for start in range(0, count, batch_size):
+    starts = range(0, count, batch_size)
+    for start in tqdm(starts, desc="sampling text", unit="batch", leave=False, disable=len(starts) < 2):
         prompts = [
             prompt_ids(tokenizer, starters[i % len(starters)])
             for i in range(start, min(start + batch_size, count))

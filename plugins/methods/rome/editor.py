@@ -73,8 +73,8 @@ class ROME:
         else:
             languages = context.languages or ("en",)
             log.warning(
-                "rome: no second_moment_corpus files under the data dir; sampling the corpus "
-                "from the model itself (%s)",
+                "rome: no data dir with the second_moment_corpus files; sampling the corpus "
+                "from the model itself (%s), once, cached",
                 "/".join(languages),
             )
             texts = sampled_corpus(

