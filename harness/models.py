@@ -65,10 +65,6 @@ def architecture(model: torch.nn.Module) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
-def num_layers(model: torch.nn.Module) -> int:
-    return int(model.config.num_hidden_layers)
-
-
 @dataclass(frozen=True)
 class ModelSource:
     """A named model a plugin provides. ``locate()`` returns a ``.gguf`` file or an HF directory."""
