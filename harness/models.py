@@ -7,6 +7,7 @@ Module names per architecture live in one map keyed by ``config.model_type``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -28,28 +29,30 @@ class Architecture:
     """Where a family keeps its decoder layers and MLP matrices (``{}`` is the layer index)."""
 
     layers: str
-    mlp_in: str  # produces the MLP activations (KN attributes over its output)
     mlp_out: str  # the "down" matrix: input = key k (d_ff), output = value v (d)
     transposed: bool = False  # GPT-2's Conv1D stores weights as (in, out)
+    mlp_post: str | None = None  # applied to the MLP output before the residual add (Gemma 2/3's norm)
+
+    def layer(self, index: int) -> str:
+        """The decoder layer whose output is the residual stream after layer ``index``."""
+        return f"{self.layers}.{index}"
 
     def mlp_out_weight(self, layer: int) -> str:
         return f"{self.mlp_out.format(layer)}.weight"
 
 
-_LLAMA_STYLE = Architecture(
-    layers="model.layers", mlp_in="model.layers.{}.mlp.gate_proj", mlp_out="model.layers.{}.mlp.down_proj"
-)
+_LLAMA_STYLE = Architecture(layers="model.layers", mlp_out="model.layers.{}.mlp.down_proj")
+_GEMMA2_STYLE = dataclasses.replace(_LLAMA_STYLE, mlp_post="model.layers.{}.post_feedforward_layernorm")
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_STYLE,
     "qwen2": _LLAMA_STYLE,
     "qwen3": _LLAMA_STYLE,
     "mistral": _LLAMA_STYLE,
     "gemma": _LLAMA_STYLE,
-    "gemma2": _LLAMA_STYLE,
-    "gemma3_text": _LLAMA_STYLE,
+    "gemma2": _GEMMA2_STYLE,
+    "gemma3_text": _GEMMA2_STYLE,
     "gpt2": Architecture(
         layers="transformer.h",
-        mlp_in="transformer.h.{}.mlp.c_fc",
         mlp_out="transformer.h.{}.mlp.c_proj",
         transposed=True,
     ),

@@ -12,13 +12,15 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.answers import output_logits, pad_batch, prompt_ids, target_ids
+from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, target_ids
+from harness.api import EditRequest
+from harness.models import architecture
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +85,88 @@ def add_to_output(target: torch.nn.Module, rows: torch.Tensor, cols: torch.Tenso
         handle.remove()
 
 
+class _StopForward(Exception):
+    """Raised by a hook once every module of interest has run: the rest of the model is not needed."""
+
+
+@contextlib.contextmanager
+def _tap_then_stop(targets: Sequence[torch.nn.Module], side: str) -> Iterator[dict[int, torch.Tensor]]:
+    """Record each target's input (``side="input"``) or output by its index in ``targets``, then
+    abort the forward pass once all of them have run."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def record(index: int, value: torch.Tensor) -> None:
+        seen[index] = value.detach()
+        if len(seen) == len(targets):
+            raise _StopForward
+
+    def tap(index: int, target: torch.nn.Module):
+        if side == "input":
+            return target.register_forward_pre_hook(lambda _m, args: record(index, args[0]))
+        return target.register_forward_hook(
+            lambda _m, _a, out: record(index, out[0] if isinstance(out, tuple) else out)
+        )
+
+    handles = [tap(i, target) for i, target in enumerate(targets)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until(
+    model, ids: torch.Tensor, mask: torch.Tensor, modules: Sequence[torch.nn.Module], side: str
+) -> list[torch.Tensor]:
+    """Forward pass that stops once all ``modules`` have run; their inputs or outputs, in that order."""
+    with contextlib.suppress(_StopForward), _tap_then_stop(modules, side) as seen:
+        model.base_model(input_ids=ids, attention_mask=mask)
+    return [seen[i] for i in range(len(modules))]
+
+
 @torch.no_grad()
-def keys_at(
-    model, tokenizer, texts: Sequence[str], positions: Sequence[int], module_name: str, batch_size: int = 32
+def representations(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    positions: Sequence[int],
+    module_name: str,
+    side: str = "input",
+    batch_size: int = 32,
 ) -> torch.Tensor:
-    """Input of ``module_name`` at ``positions[i]`` of ``texts[i]``: (n, d_in)."""
+    """Input (keys) or output (values, residual stream) of ``module_name`` at ``positions[i]`` of
+    ``texts[i]``: (n, width). The forward pass stops at the module."""
     found = []
     target = module(model, module_name)
     for start in range(0, len(texts), batch_size):
         chunk = list(range(start, min(start + batch_size, len(texts))))
         ids, mask = pad_batch([prompt_ids(tokenizer, texts[i]) for i in chunk], tokenizer.pad_token_id)
-        with capture_input(target) as seen:
-            model.base_model(input_ids=ids, attention_mask=mask)
-        rows = torch.arange(len(chunk))
-        found.append(seen[0][rows, torch.tensor([positions[i] for i in chunk])])
+        (seen,) = run_until(model, ids, mask, [target], side)
+        found.append(seen[torch.arange(len(chunk)), torch.tensor([positions[i] for i in chunk])])
     return torch.cat(found)
+
+
+def keys_at(
+    model, tokenizer, texts: Sequence[str], positions: Sequence[int], module_name: str, batch_size: int = 32
+) -> torch.Tensor:
+    """Input of ``module_name`` (the key, for an MLP output matrix) at the given positions."""
+    return representations(model, tokenizer, texts, positions, module_name, "input", batch_size)
+
+
+def subject_keys(
+    model, tokenizer, prompt_sets: Sequence[Sequence[str]], subjects: Sequence[str], module_name: str
+) -> torch.Tensor:
+    """One key per request: the input of ``module_name`` at the subject's last token, averaged over
+    that request's prompts (the plain prompt and its context-prefixed copies). (n, d_in)."""
+    texts = [t for prompts in prompt_sets for t in prompts]
+    positions = [
+        subject_last_token(tokenizer, t, subject)
+        for prompts, subject in zip(prompt_sets, subjects, strict=True)
+        for t in prompts
+    ]
+    keys = keys_at(model, tokenizer, texts, positions, module_name)
+    sizes = [len(prompts) for prompts in prompt_sets]
+    return torch.stack([chunk.mean(0) for chunk in keys.split(sizes)])
 
 
 STARTERS = {"en": ["The", "Therefore", "Because", "I", "You"], "zh": ["这", "因此", "因为", "我", "你"]}
@@ -198,6 +267,28 @@ def sampled_corpus(
 
 
 @dataclass(frozen=True)
+class SubjectContexts:
+    """Keys and values are averaged over the plain prompt and prefixed copies of it: short texts the
+    model itself wrote, ``contexts_per_length`` of each length in ``context_lengths`` (tokens)."""
+
+    context_lengths: tuple[int, ...] = (5, 10)
+    contexts_per_length: int = 10
+
+    def prompt_sets(
+        self, model, tokenizer, requests: Sequence[EditRequest], context
+    ) -> list[tuple[str, ...]]:
+        """Per request: its prompt after each prefix, the plain prompt first."""
+        lengths = [(n, self.contexts_per_length) for n in self.context_lengths]
+        sets = []
+        for request in requests:
+            prefixes = context_prefixes(
+                model, tokenizer, request.language, context.seed, Path(context.cache_dir), lengths
+            )
+            sets.append(tuple(prefix + request.prompt for prefix in prefixes))
+        return sets
+
+
+@dataclass(frozen=True)
 class ValueObjective:
     """Hyper-parameters of the value optimisation shared by ROME and MEMIT."""
 
@@ -208,6 +299,39 @@ class ValueObjective:
     clamp_norm_factor: float = 4.0
     stop_loss: float = 5e-2
 
+    def objective(self) -> ValueObjective:
+        """Just the value-optimisation fields of an editor's hparams (which inherit this class)."""
+        return ValueObjective(**{f.name: getattr(self, f.name) for f in fields(ValueObjective)})
+
+
+@dataclass(frozen=True)
+class ValueGoal:
+    """One request's optimisation problem: make ``target`` follow every prompt in ``prompts``."""
+
+    prompts: tuple[str, ...]  # the plain prompt and its context-prefixed copies
+    subject: str
+    target: str
+    essence_prompt: str  # "<subject> is a": its next-token distribution should stay put
+    reference_norm: float  # ||v0||: the clamp and the weight decay are relative to it
+
+
+def subject_goals(
+    requests: Sequence[EditRequest], prompt_sets: Sequence[tuple[str, ...]], reference_norms: Sequence[float]
+) -> list[ValueGoal]:
+    """The value-optimisation goal of each request, with its essence prompt in its own language."""
+    return [
+        ValueGoal(
+            prompts=tuple(prompts),
+            subject=request.subject,
+            target=request.target,
+            essence_prompt=ESSENCE_PROMPTS.get(request.language, ESSENCE_PROMPTS["en"]).format(
+                request.subject
+            ),
+            reference_norm=norm,
+        )
+        for request, prompts, norm in zip(requests, prompt_sets, reference_norms, strict=True)
+    ]
+
 
 @dataclass
 class ValueResult:
@@ -216,70 +340,159 @@ class ValueResult:
     steps: int
 
 
-def optimise_value(
+@dataclass
+class _Packed:
+    """Every goal's prompts (with the target teacher-forced) and essence prompt in one padded batch."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    subject_cols: torch.Tensor  # per row
+    rows: list[torch.Tensor]  # per goal: its rows, the essence row last
+    goal_cols: list[torch.Tensor]  # per goal: positions (within each prompt row) predicting the target
+    goal_tokens: list[torch.Tensor]
+    essence_cols: torch.Tensor  # per goal: last position of its essence row
+
+
+def _pack(tokenizer, goals: Sequence[ValueGoal]) -> _Packed:
+    sequences, subject_cols, rows, goal_cols, goal_tokens, essence_cols = [], [], [], [], [], []
+    for goal in goals:
+        tokens = target_ids(tokenizer, goal.target)
+        first = len(sequences)
+        cols = []
+        for text in goal.prompts:
+            encoded = prompt_ids(tokenizer, text)
+            sequences.append(encoded + tokens[:-1])
+            subject_cols.append(subject_last_token(tokenizer, text, goal.subject))
+            cols.append(torch.arange(len(encoded) - 1, len(encoded) - 1 + len(tokens)))
+        essence = prompt_ids(tokenizer, goal.essence_prompt)
+        sequences.append(essence)
+        subject_cols.append(subject_last_token(tokenizer, goal.essence_prompt, goal.subject))
+        rows.append(torch.arange(first, len(sequences)))
+        goal_cols.append(torch.stack(cols))
+        goal_tokens.append(torch.tensor(tokens))
+        essence_cols.append(len(essence) - 1)
+    ids, mask = pad_batch(sequences, tokenizer.pad_token_id)
+    return _Packed(
+        ids, mask, torch.tensor(subject_cols), rows, goal_cols, goal_tokens, torch.tensor(essence_cols)
+    )
+
+
+def optimise_values(
     model,
     tokenizer,
-    *,
-    prefixed_prompts: Sequence[str],
-    subject: str,
-    target: str,
-    essence_prompt: str,
+    goals: Sequence[ValueGoal],
     module_name: str,
-    reference_norm: float,
     objective: ValueObjective,
-    seed: int = 0,
-) -> ValueResult:
-    """Find delta, added to ``module_name``'s output at the last subject token, that makes the model
-    emit ``target`` after every prefixed prompt, with a KL term keeping "<subject> is a" in place.
+    chunk: int = 8,
+) -> list[ValueResult]:
+    """For each goal, a vector delta added to ``module_name``'s output at the last subject token that
+    makes the model emit the goal's target after each of its prompts.
 
     loss = mean NLL(target) + kl_factor * KL(essence with delta || without) + weight_decay *
-    ||delta|| / reference_norm^2; after each Adam step ||delta|| is clamped to
-    clamp_norm_factor * reference_norm.
+    ||delta|| / reference_norm^2; Adam, and after each step ||delta|| is clamped to
+    clamp_norm_factor * reference_norm. Goals are optimised ``chunk`` at a time in one batch, each with
+    its own optimiser, and leave the batch when their NLL drops below ``stop_loss``: the result for a
+    goal is the same as optimising it alone.
     """
-    torch.manual_seed(seed)
-    goal = target_ids(tokenizer, target)
-    texts = list(prefixed_prompts) + [essence_prompt]
-    encoded = [prompt_ids(tokenizer, t) for t in texts]
-    fed = [ids + goal[:-1] for ids in encoded[:-1]] + [encoded[-1]]
-    ids, mask = pad_batch(fed, tokenizer.pad_token_id)
-    subject_cols = torch.tensor([subject_last_token(tokenizer, t, subject) for t in texts])
-    rows = torch.arange(len(texts))
-    n_prompts = len(prefixed_prompts)
-    goal_rows = torch.arange(n_prompts).repeat_interleave(len(goal))
-    goal_cols = torch.cat([torch.arange(len(e) - 1, len(e) - 1 + len(goal)) for e in encoded[:-1]])
-    goal_tokens = torch.tensor(goal).repeat(n_prompts)
-    essence_row, essence_col = n_prompts, len(encoded[-1]) - 1
-    target_module = module(model, module_name)
+    results: list[ValueResult] = []
+    for start in range(0, len(goals), chunk):
+        results += _optimise_chunk(model, tokenizer, goals[start : start + chunk], module_name, objective)
+    return results
 
+
+def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[ValueResult]:
+    packed = _pack(tokenizer, goals)
+    essence_rows = torch.stack([r[-1] for r in packed.rows])
     with torch.no_grad():
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        essence_before = output_logits(model, hidden[essence_row, essence_col]).log_softmax(-1)
-
-    delta = torch.zeros(hidden.shape[-1], requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=objective.lr)
-    max_norm = objective.clamp_norm_factor * reference_norm
-    losses: list[float] = []
-    step = 0
-    for step in range(1, objective.steps + 1):  # noqa: B007 - the count is returned
-        with add_to_output(target_module, rows, subject_cols, delta):
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        picked = torch.cat([hidden[goal_rows, goal_cols], hidden[essence_row, essence_col][None]])
-        log_probs = output_logits(model, picked).log_softmax(-1)
-        token_nll = -log_probs[:-1].gather(-1, goal_tokens[:, None]).squeeze(-1)
-        nll = token_nll.view(n_prompts, len(goal)).mean()
-        kl = torch.nn.functional.kl_div(essence_before, log_probs[-1], log_target=True, reduction="sum")
-        loss = nll + objective.kl_factor * kl + objective.weight_decay * delta.norm() / reference_norm**2
-        losses.append(loss.item())
-        if nll.item() < objective.stop_loss:
+        hidden = final_hidden(model, packed.ids[essence_rows], packed.mask[essence_rows])
+        picked = hidden[torch.arange(len(goals)), packed.essence_cols]
+        essence_before = output_logits(model, picked).log_softmax(-1)
+    width = hidden.shape[-1]
+    deltas = [torch.zeros(width, requires_grad=True) for _ in goals]
+    optimisers = [torch.optim.Adam([delta], lr=objective.lr) for delta in deltas]
+    results = [ValueResult(delta=delta, losses=[], steps=0) for delta in deltas]
+    target = module(model, module_name)
+    active = list(range(len(goals)))
+    for step in range(1, objective.steps + 1):
+        rows = torch.cat([packed.rows[g] for g in active])
+        per_row = torch.stack([deltas[g] for g in active for _ in packed.rows[g]])
+        local = torch.arange(len(rows))
+        with add_to_output(target, local, packed.subject_cols[rows], per_row):
+            hidden = final_hidden(model, packed.ids[rows], packed.mask[rows])
+        offset, still_active, total = 0, [], 0.0
+        for g in active:
+            n_rows = len(packed.rows[g])
+            prompts = hidden[offset : offset + n_rows - 1]
+            at_goal = prompts[torch.arange(n_rows - 1)[:, None], packed.goal_cols[g]]
+            essence = hidden[offset + n_rows - 1, packed.essence_cols[g]]
+            log_probs = output_logits(model, torch.cat([at_goal.flatten(0, 1), essence[None]])).log_softmax(
+                -1
+            )
+            tokens = packed.goal_tokens[g].repeat(n_rows - 1)
+            nll = -log_probs[:-1].gather(-1, tokens[:, None]).mean()
+            kl = torch.nn.functional.kl_div(
+                essence_before[g], log_probs[-1], log_target=True, reduction="sum"
+            )
+            norm = goals[g].reference_norm
+            loss = nll + objective.kl_factor * kl + objective.weight_decay * deltas[g].norm() / norm**2
+            results[g].losses.append(loss.item())
+            results[g].steps = step
+            offset += n_rows
+            if nll.item() >= objective.stop_loss:
+                still_active.append(g)
+                total = total + loss
+        active = still_active
+        if not active:
             break
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+        for g in active:
+            optimisers[g].zero_grad()
+        total.backward()
         with torch.no_grad():
-            norm = delta.norm()
-            if norm > max_norm:
-                delta.mul_(max_norm / norm)
-    return ValueResult(delta=delta.detach(), losses=losses, steps=step)
+            for g in active:
+                optimisers[g].step()
+                max_norm = objective.clamp_norm_factor * goals[g].reference_norm
+                if (norm := deltas[g].norm()) > max_norm:
+                    deltas[g].mul_(max_norm / norm)
+    for result in results:
+        result.delta = result.delta.detach()
+    return results
+
+
+def value_change(
+    post: torch.nn.Module | None,
+    values: torch.Tensor,
+    wanted: torch.Tensor,
+    iterations: int = 100,
+    smallness: float = 1e-4,
+) -> torch.Tensor:
+    """Change of an MLP's output that moves the residual stream by ``wanted`` (both (n, d)).
+
+    Without a post-MLP module (LLaMA, Qwen, GPT-2) the MLP output is added to the residual stream as
+    is, so the change is ``wanted`` itself. With one (Gemma 2/3 normalise the MLP output before the
+    add) it is found by L-BFGS from zero, minimising ||post(values + c) - post(values) - wanted||^2 /
+    ||wanted||^2 + smallness * ||c||^2 / ||values||^2 per row. An RMS norm ignores the scale of its
+    input, so without the second term any multiple of a solution would do and the optimiser may
+    return a huge one, which the least-squares write would then force on every similar key.
+    """
+    if post is None:
+        return wanted
+    values = values.detach()
+    with torch.no_grad():
+        goal = post(values) + wanted
+    wanted_scale = wanted.pow(2).sum(-1).clamp_min(1e-12)
+    value_scale = values.pow(2).sum(-1).clamp_min(1e-12)
+    change = torch.zeros_like(values, requires_grad=True)
+    optimiser = torch.optim.LBFGS([change], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        miss = (post(values + change) - goal).pow(2).sum(-1) / wanted_scale
+        loss = (miss + smallness * change.pow(2).sum(-1) / value_scale).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return change.detach()
 
 
 def rank_one_update(
@@ -300,7 +513,38 @@ def rank_one_update(
         weight.add_((update.T if transposed else update).to(weight.dtype))
 
 
+def least_squares_update(
+    weight: torch.Tensor,
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    preservation: torch.Tensor,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """In place: W <- W + R K^T (P + K K^T)^-1, solved in float64; returns the update (d_out, d_in).
+
+    ``keys`` K^T is (n, d_in), ``residuals`` R^T is (n, d_out): the change wanted at each key.
+    ``preservation`` P = lambda * C weighs keeping W's answers on ordinary keys (MEMIT). The update
+    minimises ||(W + U) K - (W K + R)||^2 + tr(U P U^T), i.e. satisfies U (P + K K^T) = R K^T.
+    """
+    k = keys.double().T
+    system = preservation.double() + k @ k.T
+    update = residuals.double().T @ torch.linalg.solve(system, k).T
+    with torch.no_grad():
+        weight.add_((update.T if transposed else update).to(weight.dtype))
+    return update
+
+
 # ---------------------------------------------------------------- second moments C = E[k k^T]
+
+
+@dataclass(frozen=True)
+class SecondMomentSettings:
+    """Where C = E[k k^T] comes from; inherited by the hparams of editors that use it."""
+
+    second_moments: bool = False  # False: C = I
+    second_moment_tokens: int = 20_000
+    second_moment_corpus: tuple[str, ...] = ("zsre_train/train_en_10000.tsv", "zsre_train/train_zh_10000.tsv")
+    second_moment_ridge: float = 1e-2  # added to C as ridge * mean(diag C) * I
 
 
 def corpus_texts(files: Sequence[Path]) -> list[str]:
@@ -312,6 +556,51 @@ def corpus_texts(files: Sequence[Path]) -> list[str]:
             if line:
                 texts.append(line)
     return texts
+
+
+def moment_corpus(model, tokenizer, settings: SecondMomentSettings, context) -> tuple[list[str], str]:
+    """The texts C is estimated from, and a label saying which: the configured files under the data
+    dir, or (without them) text sampled from the model in the task's languages, cached."""
+    files = (
+        [Path(context.data_dir) / name for name in settings.second_moment_corpus] if context.data_dir else []
+    )
+    if files and all(f.is_file() for f in files):
+        return corpus_texts(files), "files:" + ",".join(settings.second_moment_corpus)
+    languages = context.languages or ("en",)
+    log.warning(
+        "no data dir with the second_moment_corpus files; sampling the corpus from the model itself "
+        "(%s), once, cached",
+        "/".join(languages),
+    )
+    texts = sampled_corpus(
+        model, tokenizer, languages, settings.second_moment_tokens, context.seed, Path(context.cache_dir)
+    )
+    return texts, "model-samples:" + "/".join(languages)
+
+
+def regularised_moments(
+    model, tokenizer, module_names: Sequence[str], settings: SecondMomentSettings, context
+) -> tuple[dict[str, torch.Tensor], str]:
+    """C + ridge * mean(diag C) * I for each module (float64; identity when second moments are off),
+    and the corpus label."""
+    if not settings.second_moments:
+        return {name: torch.eye(_input_width(model, name), dtype=torch.float64) for name in module_names}, (
+            "none (C = I)"
+        )
+    texts, label = moment_corpus(model, tokenizer, settings, context)
+    moments = second_moments(
+        model, tokenizer, module_names, texts, settings.second_moment_tokens, Path(context.cache_dir)
+    )
+    regularised = {}
+    for name, moment in moments.items():
+        ridge = settings.second_moment_ridge * moment.diagonal().mean()
+        regularised[name] = moment + ridge * torch.eye(len(moment), dtype=moment.dtype)
+    return regularised, label
+
+
+def _input_width(model, module_name: str) -> int:
+    weight = module(model, module_name).weight
+    return weight.shape[0] if architecture(model).transposed else weight.shape[1]
 
 
 def _second_moment_key(fingerprint: str, module_name: str, texts: Sequence[str], tokens: int, dtype) -> str:
@@ -339,61 +628,73 @@ def _load_verified(path: Path, expected_key: str) -> torch.Tensor | None:
     return moment
 
 
-class _StopForward(Exception):
-    """Raised by a hook once the layer of interest has run: the rest of the model is not needed."""
+def second_moments(
+    model,
+    tokenizer,
+    module_names: Sequence[str],
+    texts: Sequence[str],
+    tokens: int,
+    cache: Path,
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> dict[str, torch.Tensor]:
+    """E[k k^T] of each module's input over the first ``tokens`` tokens of ``texts`` (float64), cached.
 
-
-@contextlib.contextmanager
-def inputs_then_stop(target: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Capture ``target``'s input and abort the forward pass right there (catch _StopForward)."""
-    seen: list[torch.Tensor] = []
-
-    def hook(_module, args):
-        seen.append(args[0].detach())
-        raise _StopForward
-
-    handle = target.register_forward_pre_hook(hook)
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-def second_moment(
-    model, tokenizer, module_name: str, texts: Sequence[str], tokens: int, cache: Path, batch_size: int = 64
-) -> torch.Tensor:
-    """E[k k^T] of ``module_name``'s input over up to ``tokens`` tokens of ``texts`` (float64), cached.
-
-    The cache key covers the model's content fingerprint, module, corpus hash, token budget and
-    dtype; a file that fails its checksum is recomputed. Each batch stops at the module.
+    One file per module, keyed by the model's content fingerprint, module, corpus hash, token budget
+    and dtype; a file that is unreadable or fails its checksum is recomputed. Modules missing from
+    the cache are computed together in one streaming pass (batches of ``batch_size`` texts, each cut
+    to ``max_length`` tokens) that stops at the deepest of them: memory is one d_ff x d_ff sum per
+    module plus one batch of activations.
     """
     fingerprint = getattr(model, "harness_fingerprint", "unknown")
-    key = _second_moment_key(fingerprint, module_name, texts, tokens, model.dtype)
-    path = cache / "second_moments" / f"{key}.pt"
-    if path.exists() and (moment := _load_verified(path, key)) is not None:
-        return moment
-    target = module(model, module_name)
-    total, count = None, 0
-    progress = tqdm(total=tokens, desc=f"second moment {module_name}", unit="tok", leave=False)
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            if count >= tokens:
-                break
-            batch = [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]]
-            ids, mask = pad_batch(batch, tokenizer.pad_token_id)
-            with contextlib.suppress(_StopForward), inputs_then_stop(target) as seen:
-                model.base_model(input_ids=ids, attention_mask=mask)
-            keys = seen[0][mask.bool()][: tokens - count]
+    found: dict[str, torch.Tensor] = {}
+    missing: dict[str, tuple[str, Path]] = {}
+    for name in module_names:
+        key = _second_moment_key(fingerprint, name, texts, tokens, model.dtype)
+        path = cache / "second_moments" / f"{key}.pt"
+        if path.exists() and (moment := _load_verified(path, key)) is not None:
+            found[name] = moment
+        else:
+            missing[name] = (key, path)
+    if missing:
+        sums, count = _stream_moments(model, tokenizer, list(missing), texts, tokens, batch_size, max_length)
+        for name, (key, path) in missing.items():
+            found[name] = sums[name] / count
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            payload = {
+                "moment": found[name],
+                "key": key,
+                "checksum": float(found[name].sum()),
+                "tokens": count,
+            }
+            torch.save(payload, partial)
+            partial.rename(path)
+    return {name: found[name] for name in module_names}
+
+
+@torch.no_grad()
+def _stream_moments(model, tokenizer, names, texts, tokens, batch_size, max_length):
+    targets = [module(model, name) for name in names]
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    label = names[0] if len(names) == 1 else f"{len(names)} modules"
+    progress = tqdm(total=tokens, desc=f"second moments ({label})", unit="tok", leave=False)
+    for start in range(0, len(texts), batch_size):
+        if count >= tokens:
+            break
+        batch = [prompt_ids(tokenizer, t)[:max_length] for t in texts[start : start + batch_size]]
+        ids, mask = pad_batch(batch, tokenizer.pad_token_id)
+        seen = run_until(model, ids, mask, targets, "input")
+        take = None
+        for name, inputs in zip(names, seen, strict=True):
+            keys = inputs[mask.bool()][: tokens - count]
+            take = len(keys)
             product = (keys.T @ keys).double()
-            total = product if total is None else total + product
-            count += len(keys)
-            progress.update(len(keys))
+            sums[name] = sums[name] + product if name in sums else product
+        count += take
+        progress.update(take)
     progress.close()
-    if total is None:
-        raise ValueError("second moment: the corpus is empty")
-    moment = total / count
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save({"moment": moment, "key": key, "checksum": float(moment.sum()), "tokens": count}, partial)
-    partial.rename(path)
-    return moment
+    if not count:
+        raise ValueError("second moments: the corpus is empty")
+    return sums, count

@@ -8,7 +8,7 @@ import torch
 
 from harness.answers import pad_batch, prompt_ids
 from harness.models import architecture
-from harness.weight_editing import capture_input, sampled_corpus, second_moment
+from harness.weight_editing import capture_input, sampled_corpus, second_moments
 
 TEXTS = ["Paris is the capital of France.", "巴黎是法国的首都。", "Rivers flow to the sea.", "Hello there"]
 
@@ -19,6 +19,10 @@ def _direct(model, tokenizer, module_name: str) -> torch.Tensor:
         model.base_model(input_ids=ids, attention_mask=mask)
     keys = seen[0][mask.bool()].double()
     return keys.T @ keys / len(keys)
+
+
+def second_moment(model, tokenizer, name, texts, tokens, cache, **kwargs):
+    return second_moments(model, tokenizer, [name], texts, tokens, cache, **kwargs)[name]
 
 
 def test_second_moment_value_and_cache(tiny_llama, tmp_path, caplog):
@@ -62,3 +66,20 @@ def test_sampled_corpus_is_seeded_and_cached(tiny_llama, tmp_path):
         model, tokenizer, ("en", "zh"), tokens=64, seed=3, cache=tmp_path / "other", length=8
     )
     assert fresh == texts
+
+
+def test_several_layers_in_one_pass_equal_one_at_a_time(tiny_llama, tmp_path):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    names = [architecture(model).mlp_out.format(layer) for layer in (2, 0, 3)]
+    together = second_moments(model, tokenizer, names, TEXTS, 10_000, tmp_path / "together", batch_size=3)
+    assert list(together) == names
+    for name in names:
+        torch.testing.assert_close(together[name], _direct(model, tokenizer, name), rtol=1e-6, atol=1e-9)
+        alone = second_moment(model, tokenizer, name, TEXTS, 10_000, tmp_path / "alone", batch_size=3)
+        torch.testing.assert_close(together[name], alone, rtol=0, atol=0)
+    # a partly filled cache computes only what is missing, and the cached ones come back unchanged
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "alone" / "second_moments").glob("*.pt")}
+    extra = architecture(model).mlp_out.format(1)
+    mixed = second_moments(model, tokenizer, [*names, extra], TEXTS, 10_000, tmp_path / "alone")
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    torch.testing.assert_close(mixed[extra], _direct(model, tokenizer, extra), rtol=1e-6, atol=1e-9)
