@@ -1,0 +1,127 @@
+"""MEMIT: residual-stream targets at the last edited layer, least-squares writes over a layer range.
+
+For every request a value change is optimised at the MLP output of the last layer of ``layers`` with
+ROME's objective; the residual stream after that layer with the change applied is the request's
+target z (on LLaMA-style models this is exactly MEMIT's residual optimisation; on models that
+normalise the MLP output, like Gemma 3, it keeps z reachable and the step size meaningful). Then,
+layer by layer in order, the remaining gap z - h (h: the current residual after the last layer) is
+split evenly over the layers still to come, and each layer's MLP output matrix takes its share for all
+requests at once with U = R K^T (lambda C + K K^T)^-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.api import Edit, EditorContext, EditRequest
+from harness.models import architecture
+from harness.weight_editing import (
+    SecondMomentSettings,
+    SubjectContexts,
+    ValueObjective,
+    add_to_output,
+    least_squares_update,
+    module,
+    optimise_values,
+    regularised_moments,
+    representations,
+    subject_goals,
+    subject_keys,
+    subject_last_token,
+    value_change,
+)
+
+
+@dataclass(frozen=True)
+class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
+    """The layer range and lambda, plus the shared value-optimisation, context and moment settings."""
+
+    layers: tuple[int, ...] = (4, 5, 6, 7, 8)
+    update_weight: float = 15_000.0  # lambda: how much the keys in C keep their old values
+    second_moments: bool = True
+    value_chunk: int = 8  # requests whose values are optimised together (bounds memory)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers must name at least one layer")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must not repeat a layer, got {self.layers}")
+        if self.update_weight < 0:
+            raise ValueError(f"update_weight must be >= 0, got {self.update_weight}")
+        if self.value_chunk < 1:
+            raise ValueError(f"value_chunk must be >= 1, got {self.value_chunk}")
+
+
+class MEMIT:
+    """Mass-editing memory in a transformer: a batch of facts written over several MLP layers."""
+
+    hparams_class = MEMITHparams
+    supports_batch = True
+
+    def __init__(self, hparams: MEMITHparams):
+        self.hparams = hparams
+        self.context: EditorContext | None = None
+        self.moments: dict[str, torch.Tensor] = {}
+        self.corpus = ""
+
+    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+        n_layers = model.config.num_hidden_layers
+        bad = [layer for layer in self.hparams.layers if not 0 <= layer < n_layers]
+        if bad:
+            raise ValueError(
+                f"memit: layers={self.hparams.layers} has {bad} outside the model's 0..{n_layers - 1}"
+            )
+        arch = architecture(model)
+        names = [arch.mlp_out.format(layer) for layer in sorted(self.hparams.layers)]
+        self.moments, self.corpus = regularised_moments(model, tokenizer, names, self.hparams, context)
+        self.context = context
+
+    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
+        if self.context is None:
+            raise RuntimeError("memit: call prepare() before apply()")
+        if not requests:
+            raise ValueError("memit: no requests to apply")
+        hp, arch = self.hparams, architecture(model)
+        layers = sorted(hp.layers)
+        residual_at = arch.layer(layers[-1])
+        prompts = [r.prompt for r in requests]
+        positions = [subject_last_token(tokenizer, r.prompt, r.subject) for r in requests]
+
+        def residual() -> torch.Tensor:
+            return representations(model, tokenizer, prompts, positions, residual_at, side="output")
+
+        prompt_sets = hp.prompt_sets(model, tokenizer, requests, self.context)
+        last_mlp = arch.mlp_out.format(layers[-1])
+        outputs = representations(model, tokenizer, prompts, positions, last_mlp, "output")
+        goals = subject_goals(requests, prompt_sets, outputs.norm(dim=-1).tolist())
+        values = optimise_values(model, tokenizer, goals, last_mlp, hp.objective(), hp.value_chunk)
+        deltas = torch.stack([v.delta for v in values])
+        start = residual()
+        with add_to_output(
+            module(model, last_mlp), torch.arange(len(requests)), torch.tensor(positions), deltas
+        ):
+            targets = representations(
+                model, tokenizer, prompts, positions, residual_at, "output", len(prompts)
+            )
+
+        edit = Edit.snapshot(model, [arch.mlp_out_weight(layer) for layer in layers])
+        for done, layer in enumerate(layers):
+            name = arch.mlp_out.format(layer)
+            keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], name)
+            wanted = (targets - residual()) / (len(layers) - done)
+            post = module(model, arch.mlp_post.format(layer)) if arch.mlp_post else None
+            outputs = representations(model, tokenizer, prompts, positions, name, "output") if post else None
+            change = value_change(post, outputs, wanted)
+            weight = model.get_parameter(arch.mlp_out_weight(layer))
+            least_squares_update(weight, keys, change, hp.update_weight * self.moments[name], arch.transposed)
+        gap = (targets - residual()).norm(dim=-1) / (targets - start).norm(dim=-1).clamp_min(1e-12)
+        edit.info = {
+            "value_steps": [v.steps for v in values],
+            "final_loss": [v.losses[-1] for v in values],
+            "delta_norm": [float(v.delta.norm()) for v in values],
+            "residual_gap": gap.tolist(),  # ||z - h|| after the edit over before: 0 means z was reached
+            "second_moment_corpus": self.corpus,
+        }
+        return edit
