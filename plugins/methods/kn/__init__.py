@@ -1,0 +1,11 @@
+"""Knowledge neurons (Dai et al., 2022): attribute the answer to MLP neurons, rewrite their value columns."""
+
+from harness.hookspecs import hookimpl
+from harness_plugins.methods.kn.editor import KN, KNHparams, neuron_attributions
+
+__all__ = ["KN", "KNHparams", "neuron_attributions"]
+
+
+@hookimpl
+def register_editors(register):
+    register("kn", KN)

@@ -1,0 +1,116 @@
+"""KN: integrated gradients find a neuron planted to carry the answer, add up to the probability
+change, select by threshold, and the value-column edit is exact and restores bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
+from harness.api import EditorContext, EditRequest
+from harness.models import architecture, cache_dir
+from harness.weight_editing import keys_at
+from harness_plugins.methods.kn import KN, KNHparams, neuron_attributions
+from harness_plugins.methods.kn.editor import select_neurons
+
+PROMPT = "The capital of Vandoria is"
+
+
+def _next_token_probabilities(model, tokenizer, prompt: str) -> torch.Tensor:
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    with torch.no_grad():
+        return output_logits(model, final_hidden(model, ids, torch.ones_like(ids))[0, -1]).softmax(-1)
+
+
+def _last_key(model, tokenizer, layer: int) -> torch.Tensor:
+    position = len(prompt_ids(tokenizer, PROMPT)) - 1
+    return keys_at(model, tokenizer, [PROMPT], [position], architecture(model).mlp_out.format(layer))[0]
+
+
+@pytest.fixture
+def planted(tiny_llama):
+    """Layer 2, unit j (the most active one) writes a large multiple of token t's output embedding."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    layer, token = 2, tokenizer.convert_tokens_to_ids("Z")
+    key = _last_key(model, tokenizer, layer)
+    unit = int(key.abs().argmax())
+    weight = model.get_parameter(architecture(model).mlp_out_weight(layer))
+    original = weight.detach().clone()
+    direction = model.get_output_embeddings().weight[token]
+    with torch.no_grad():
+        weight[:, unit] = torch.sign(key[unit]) * 40.0 * direction / direction.norm()
+    yield model, tokenizer, layer, unit, token
+    with torch.no_grad():
+        weight.copy_(original)
+
+
+def test_a_neuron_forced_to_carry_the_answer_is_ranked_first(planted):
+    model, tokenizer, layer, unit, token = planted
+    assert int(_next_token_probabilities(model, tokenizer, PROMPT).argmax()) == token  # the planted answer
+    names = [architecture(model).mlp_out.format(i) for i in range(model.config.num_hidden_layers)]
+    scores = neuron_attributions(model, tokenizer, PROMPT, token, names, steps=20)
+    assert scores.shape == (4, model.config.intermediate_size)
+    best = divmod(int(scores.argmax()), scores.shape[1])
+    assert best == (layer, unit)
+    assert select_neurons(scores, 0.2, 1) == [(layer, unit)]
+
+
+def test_attributions_add_up_to_the_probability_change(tiny_llama):
+    """Completeness of integrated gradients: summed over a layer's units, the attributions equal
+    p(token) with the layer's activation as is minus p(token) with it zeroed (up to the Riemann sum)."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    name = architecture(model).mlp_out.format(1)
+    token = int(_next_token_probabilities(model, tokenizer, PROMPT).argmax())
+    total = float(neuron_attributions(model, tokenizer, PROMPT, token, [name], steps=200).sum())
+    last = len(prompt_ids(tokenizer, PROMPT)) - 1
+
+    def zero_last(_module, args):
+        inputs = args[0].clone()
+        inputs[:, last] = 0
+        return (inputs, *args[1:])
+
+    handle = model.get_submodule(name).register_forward_pre_hook(zero_last)
+    try:
+        zeroed = float(_next_token_probabilities(model, tokenizer, PROMPT)[token])
+    finally:
+        handle.remove()
+    full = float(_next_token_probabilities(model, tokenizer, PROMPT)[token])
+    assert total == pytest.approx(full - zeroed, rel=0.05, abs=1e-6)
+
+
+def test_selection_keeps_units_above_the_threshold_strongest_first():
+    scores = torch.tensor([[0.1, 1.0, -3.0], [0.25, 0.15, 0.5]])
+    assert select_neurons(scores, 0.2, 0) == [(0, 1), (1, 2), (1, 0)]
+    assert select_neurons(scores, 0.2, 2) == [(0, 1), (1, 2)]
+    assert select_neurons(-scores.abs(), 0.2, 0) == []  # nothing pushes the answer up: no edit
+
+
+def test_kn_edit_shifts_exactly_the_chosen_value_columns_and_restores(planted):
+    model, tokenizer, layer, unit, token = planted
+    request = EditRequest(PROMPT, "Quito", "Vandoria", "en")
+    editor = KN(KNHparams(layers=(1, 2, 3), max_neurons=3, steps=10))
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    edit = editor.apply(model, tokenizer, [request])
+    chosen = [tuple(n) for n in edit.info["neurons"]]
+    assert chosen[0] == (layer, unit) and len(chosen) <= 3
+    assert edit.info["old_token"] == "Z"
+    arch = architecture(model)
+    embeddings = model.get_input_embeddings().weight
+    new = target_ids(tokenizer, "Quito")[0]
+    shift = 8.0 * embeddings[new] - 1.0 * embeddings[token]
+    for name, param in model.named_parameters():
+        expected = params[name].clone()
+        for chosen_layer, chosen_unit in chosen:
+            if name == arch.mlp_out_weight(chosen_layer):
+                expected[:, chosen_unit] += shift
+        torch.testing.assert_close(param, expected, rtol=0, atol=0)
+    assert edit.touched == sorted({arch.mlp_out_weight(layer) for layer, _ in chosen})
+    edit.restore()
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+
+def test_kn_rejects_layers_outside_the_model(tiny_llama):
+    editor = KN(KNHparams(layers=(1, 9)))
+    with pytest.raises(ValueError, match=r"kn: layers=\(1, 9\) has \[9\] outside the model's 0\.\.3"):
+        editor.prepare(tiny_llama.model, tiny_llama.tokenizer, EditorContext(cache_dir=cache_dir()))
