@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import plugins
+from harness.config import EDIT_MODES
 
 
 def _run(args) -> int:
@@ -25,6 +26,8 @@ def _run(args) -> int:
         output_dir=args.output_dir,
         limit=args.limit,
         seed=args.seed,
+        mode=args.mode,
+        batch_size=args.batch_size,
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
     )
@@ -88,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="where results.json and samples.jsonl go; reused to resume")
     run.add_argument("--limit", type=int, help="evaluate only the first N records")
     run.add_argument("--seed", type=int)
+    run.add_argument("--mode", choices=list(EDIT_MODES), help="single (default): one edit per record; batch")
+    run.add_argument("--batch-size", type=int, help="records per edit call in --mode batch")
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)

@@ -18,6 +18,8 @@ from typing import Any
 
 from harness.answers import ANSWER_MODES
 
+EDIT_MODES = ("single", "batch")
+
 PACKAGED_DEFAULTS = Path(__file__).parent / "harness.toml"
 
 
@@ -35,7 +37,9 @@ class RunConfig:
     limit: int = 0  # 0: every record
     seed: int = 0
     answer_mode: str = "teacher_forced"  # or "generate"
-    batch_size: int = 16  # probes per forward pass
+    mode: str = "single"  # "single": edit, probe, restore per record; "batch": batch_size records per edit
+    batch_size: int = 1  # records per edit call in batch mode
+    probe_batch_size: int = 16  # probes per forward pass
     scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
     template: str = ""  # empty: the task's own probe template
     threads: int = 0  # 0: torch's default
@@ -43,9 +47,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.answer_mode not in ANSWER_MODES:
             raise ConfigError(f"answer_mode: {self.answer_mode!r} is not one of {list(ANSWER_MODES)}")
-        for name in ("limit", "batch_size", "threads"):
-            if getattr(self, name) < (1 if name == "batch_size" else 0):
+        if self.mode not in EDIT_MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {list(EDIT_MODES)}")
+        for name in ("limit", "batch_size", "probe_batch_size", "threads"):
+            if getattr(self, name) < (1 if "batch_size" in name else 0):
                 raise ConfigError(f"{name}: {getattr(self, name)} is out of range")
+        if self.mode == "single" and self.batch_size != 1:
+            raise ConfigError(f"batch_size: {self.batch_size} edits per call needs mode=batch (--mode batch)")
 
 
 def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:

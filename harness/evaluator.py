@@ -1,4 +1,5 @@
-"""The single-edit loop: pre-edit answers once -> for each record: edit, probe, score, restore, log."""
+"""The edit loop: pre-edit answers once -> per batch of records (one record in single mode): edit,
+probe every record of the batch, restore, score, log one line per record."""
 
 from __future__ import annotations
 
@@ -48,10 +49,11 @@ class RunContext:
     records: list[Record]
     scorer: Scorer
     answer_mode: str
-    batch_size: int
+    probe_batch_size: int
     output_dir: Path
     cache_dir: Path
     model_fingerprint: str
+    edit_batch_size: int = 1  # records per editor.apply call; more than one is batch mode
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,7 +69,7 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
     """
     pairs = _pairs(run.records)
     key_source = json.dumps(
-        [run.model_fingerprint, run.answer_mode, run.batch_size, pairs], ensure_ascii=False
+        [run.model_fingerprint, run.answer_mode, run.probe_batch_size, pairs], ensure_ascii=False
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
     path = run.cache_dir / "pre_edit" / f"{key}.json"
@@ -75,7 +77,7 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
         flat = [Answer(text, tuple(ids)) for text, ids in json.loads(path.read_text(encoding="utf-8"))]
     else:
         log.info("reading pre-edit answers for %d probes", len(pairs))
-        flat = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.batch_size)
+        flat = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = [[a.text, list(a.token_ids)] for a in flat]
         path.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
@@ -86,16 +88,41 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
     return answers
 
 
-def _edit_one(run: RunContext, record: Record, pre: list[Answer]) -> dict[str, Any]:
-    pm.hook.before_edit(request=record.request, run=run)
+class BatchMismatch(ValueError):
+    """The output directory holds batch-mode edits grouped differently from this run's batches."""
+
+
+def batches(records: list[Record], size: int) -> list[list[Record]]:
+    """Consecutive groups of ``size`` records (the last may be shorter): the unit of one edit call."""
+    return [records[start : start + size] for start in range(0, len(records), size)]
+
+
+def _edit_batch(run: RunContext, records: list[Record], pre: dict[str, list[Answer]]) -> list[dict[str, Any]]:
+    """Apply one edit for all ``records``, probe all of them, restore; one sample per record."""
+    requests = [record.request for record in records]
+    for request in requests:
+        pm.hook.before_edit(request=request, run=run)
     started = time.perf_counter()
-    edit = run.editor.apply(run.model, run.tokenizer, [record.request])
+    edit = run.editor.apply(run.model, run.tokenizer, requests)
     edit_seconds = time.perf_counter() - started
     try:
-        pairs = [(edit.wrap_prompt(p.prompt), p.expected) for p in record.probes]
-        post = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.batch_size)
+        pairs = [(edit.wrap_prompt(p.prompt), p.expected) for record in records for p in record.probes]
+        post = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
     finally:
         edit.restore()  # raises RestoreError unless every touched tensor is bit-identical again
+    samples, start = [], 0
+    for record in records:
+        answers = post[start : start + len(record.probes)]
+        start += len(record.probes)
+        sample = _sample(run, record, pre[record.id], answers)
+        sample.update(edit_seconds=edit_seconds / len(records), edit_info=edit.info, touched=edit.touched)
+        if run.edit_batch_size > 1:
+            sample["batch"] = {"records": [r.id for r in records], "seconds": edit_seconds}
+        samples.append(sample)
+    return samples
+
+
+def _sample(run: RunContext, record: Record, pre: list[Answer], post: list[Answer]) -> dict[str, Any]:
     probes = []
     for probe, before, after in zip(record.probes, pre, post, strict=True):
         reference = before.text if probe.reference_is_pre_edit else probe.expected
@@ -121,28 +148,49 @@ def _edit_one(run: RunContext, record: Record, pre: list[Answer]) -> dict[str, A
             "subject": request.subject,
             "language": request.language,
         },
-        "edit_seconds": edit_seconds,
-        "edit_info": edit.info,
-        "touched": edit.touched,
         "probes": probes,
     }
 
 
+def _check_grouping(planned: list[list[Record]], logged: dict[str, dict[str, Any]]) -> None:
+    for batch in planned:
+        ids = [r.id for r in batch]
+        for record_id in ids:
+            sample = logged.get(record_id)
+            if sample is not None and sample.get("batch", {}).get("records", [record_id]) != ids:
+                raise BatchMismatch(
+                    f"record {record_id} was edited in a batch of {sample.get('batch', {}).get('records')}, "
+                    f"but this run groups it with {ids} (was --limit or --batch-size changed?). "
+                    "Use another --output-dir, or delete it to start over."
+                )
+
+
 def evaluate(run: RunContext, log_file: SampleLog, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every record not yet in ``log_file``; returns the samples of all selected records."""
+    """Run every batch with a record not yet in ``log_file``; returns the samples of all selected records.
+
+    A batch cut short by a crash is edited again as a whole (same records, same result) and only
+    its missing records are logged.
+    """
     pre = pre_edit_answers(run)
-    done = log_file.done
-    todo = [r for r in run.records if r.id not in done]
-    if done:
+    logged = {s["record_id"]: s for s in log_file.samples}
+    planned = batches(run.records, run.edit_batch_size)
+    _check_grouping(planned, logged)
+    todo = [batch for batch in planned if any(r.id not in logged for r in batch)]
+    remaining = sum(r.id not in logged for batch in todo for r in batch)
+    if logged:
         log.info(
             "resuming: %d of %d edits already in %s",
-            len(run.records) - len(todo),
+            len(run.records) - remaining,
             len(run.records),
             log_file.path,
         )
-    for record in tqdm(todo, desc="edits", unit="edit", disable=not progress):
-        sample = _edit_one(run, record, pre[record.id])
-        log_file.append(sample)
-        pm.hook.after_edit(request=record.request, sample=sample, run=run)
+    with tqdm(total=remaining, desc="edits", unit="edit", disable=not progress) as bar:
+        for batch in todo:
+            for record, sample in zip(batch, _edit_batch(run, batch, pre), strict=True):
+                if record.id in logged:
+                    continue
+                log_file.append(sample)
+                pm.hook.after_edit(request=record.request, sample=sample, run=run)
+                bar.update(1)
     wanted = {r.id for r in run.records}
     return [s for s in log_file.samples if s["record_id"] in wanted]

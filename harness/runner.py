@@ -80,6 +80,8 @@ def run(
     output_dir: str | None = None,
     limit: int | None = None,
     seed: int | None = None,
+    mode: str | None = None,
+    batch_size: int | None = None,
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,
     progress: bool = True,
@@ -91,7 +93,15 @@ def run(
     started = time.perf_counter()
     editor_class = plugins.lookup("editor", editor, plugins.editors())
     task_obj = plugins.lookup("task", task, plugins.tasks())
-    cli = {"model": model, "data_dir": data_dir, "output_dir": output_dir, "limit": limit, "seed": seed}
+    cli = {
+        "model": model,
+        "data_dir": data_dir,
+        "output_dir": output_dir,
+        "limit": limit,
+        "seed": seed,
+        "mode": mode,
+        "batch_size": batch_size,
+    }
     resolved = config_module.resolve(
         editor_class.hparams_class,
         editor,
@@ -100,6 +110,12 @@ def run(
         config_file,
     )
     cfg = resolved.run
+    if cfg.mode == "batch" and not getattr(editor_class, "supports_batch", False):
+        batching = sorted(n for n, c in plugins.editors().items() if getattr(c, "supports_batch", False))
+        raise config_module.ConfigError(
+            f"--mode batch: editor {editor!r} edits one fact at a time (supports_batch is false); "
+            f"editors that take batches: {batching}"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -155,7 +171,8 @@ def run(
         records=records,
         scorer=Scorer(scoring, plugins.metric_functions()),
         answer_mode=cfg.answer_mode,
-        batch_size=cfg.batch_size,
+        probe_batch_size=cfg.probe_batch_size,
+        edit_batch_size=cfg.batch_size,
         output_dir=out,
         cache_dir=cache_dir(),
         model_fingerprint=loaded.identity["sha256"],

@@ -21,7 +21,7 @@ class MyHparams:
 
 TOML = """
 [run]
-batch_size = 4
+probe_batch_size = 4
 
 [models."m".myeditor]
 layer = 7
@@ -58,7 +58,7 @@ def test_dataclass_defaults_when_nothing_else(tmp_path):
     assert resolved.hparams == MyHparams()
     assert resolved.sources == {"per_model_defaults": "none"}
     # packaged defaults still apply to the run
-    assert resolved.run.batch_size == 16
+    assert resolved.run.probe_batch_size == 16
     assert resolved.run.answer_mode == "teacher_forced"
 
 
@@ -67,7 +67,7 @@ def test_per_model_section_beats_dataclass_defaults(config_file):
     assert resolved.hparams == MyHparams(layer=7, layers=(8, 9), lr=0.5, fast=False, name="default")
     assert resolved.sources == {"per_model_defaults": '[models."m".myeditor]'}
     assert resolved.run.model == "m"
-    assert resolved.run.batch_size == 4  # user [run] beats the packaged 16
+    assert resolved.run.probe_batch_size == 4  # user [run] beats the packaged 16
 
 
 def test_set_beats_per_model_section(config_file):
@@ -98,7 +98,7 @@ def test_unknown_set_key_names_it_and_lists_valid_keys(config_file):
         go(config_file, {"nonsense": "1"})
     message = str(info.value)
     assert "nonsense" in message
-    for valid in ("layer", "layers", "lr", "batch_size", "answer_mode"):
+    for valid in ("layer", "layers", "lr", "probe_batch_size", "answer_mode"):
         assert valid in message
 
 
@@ -108,7 +108,7 @@ def test_unknown_scoped_set_keys(config_file):
     assert "'layer'" in str(info.value)
     with pytest.raises(ConfigError, match=r"run\.layer.*unknown run key") as info:
         go(config_file, {"run.layer": "1"})
-    assert "'batch_size'" in str(info.value)
+    assert "'probe_batch_size'" in str(info.value)
 
 
 def test_ill_typed_value_names_key_and_type(config_file):
@@ -126,7 +126,7 @@ def test_ill_typed_value_names_key_and_type(config_file):
         ("lr", "fast", ("lr", "float")),
         ("fast", "maybe", ("fast", "true or false")),
         ("layers", "4,x", ("layers", "int")),
-        ("batch_size", "many", ("batch_size", "int")),
+        ("probe_batch_size", "many", ("probe_batch_size", "int")),
         ("layer", "1.5", ("layer", "int")),
     ],
 )
@@ -193,13 +193,13 @@ def test_run_keys_land_in_run_config(config_file):
 
 
 def test_set_beats_cli_and_toml_for_run_keys(config_file):
-    resolved = go(config_file, {"batch_size": "2"}, batch_size=8)
-    assert resolved.run.batch_size == 2
-    assert go(config_file, batch_size=8).run.batch_size == 8  # cli beats the TOML's 4
+    resolved = go(config_file, {"probe_batch_size": "2"}, probe_batch_size=8)
+    assert resolved.run.probe_batch_size == 2
+    assert go(config_file, probe_batch_size=8).run.probe_batch_size == 8  # cli beats the TOML's 4
 
 
 def test_cli_none_means_unset(config_file):
-    assert go(config_file, batch_size=None, data_dir=None).run.batch_size == 4
+    assert go(config_file, probe_batch_size=None, data_dir=None).run.probe_batch_size == 4
 
 
 def test_key_in_both_scopes_is_ambiguous(config_file):
@@ -271,3 +271,15 @@ def test_parse_overrides():
         parse_overrides(["novalue"])
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["=5"])
+
+
+def test_edit_modes_are_validated(config_file):
+    resolved = go(config_file, {"mode": "batch", "batch_size": "16"})
+    assert (resolved.run.mode, resolved.run.batch_size) == ("batch", 16)
+    assert go(config_file).run.mode == "single" and go(config_file).run.batch_size == 1
+    with pytest.raises(ConfigError, match=r"batch_size: 16 edits per call needs mode=batch"):
+        go(config_file, {"batch_size": "16"})
+    with pytest.raises(ConfigError, match=r"mode: 'sequential' is not one of \['single', 'batch'\]"):
+        go(config_file, {"mode": "sequential"})
+    with pytest.raises(ConfigError, match=r"batch_size: 0 is out of range"):
+        go(config_file, {"mode": "batch", "batch_size": "0"})
