@@ -23,7 +23,7 @@ from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
 from harness.templates import Templates
-from harness.weight_editing import ESSENCE_PROMPTS, context_prefixes, optimise_value
+from harness.weight_editing import context_prefixes, optimise_values, subject_goals
 
 
 def matmul_rate(tokens: int, d_in: int, d_out: int, repeats: int = 20) -> float:
@@ -119,20 +119,11 @@ def value_step(editor, model, tokenizer, request: EditRequest, repeats: int) -> 
     objective = hp.objective()
     objective = type(objective)(**{**objective.__dict__, "steps": steps, "stop_loss": -1.0})
     goal = target_ids(tokenizer, request.target)
+    (task,) = subject_goals([request], [tuple(texts)], [1.0])
     per_step = []
     for _ in range(repeats):
         started = time.perf_counter()
-        optimise_value(
-            model,
-            tokenizer,
-            prefixed_prompts=texts,
-            subject=request.subject,
-            target=request.target,
-            essence_prompt=ESSENCE_PROMPTS["en"].format(request.subject),
-            module_name=arch.mlp_out.format(hp.layer),
-            reference_norm=1.0,
-            objective=objective,
-        )
+        optimise_values(model, tokenizer, [task], arch.mlp_out.format(hp.layer), objective)
         per_step.append((time.perf_counter() - started) / steps)
     ids, _ = pad_batch([prompt_ids(tokenizer, t) + goal for t in texts], 0)
     flops = step_flops(model, ids.numel(), len(texts) * len(goal) + 1, hp.layer)

@@ -44,3 +44,59 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
     layer = results["hparams"]["layer"]
     assert all(s["touched"] == [f"model.layers.{layer}.mlp.down_proj.weight"] for s in samples)
     assert all(s["edit_info"]["second_moment_corpus"].startswith("files:") for s in samples)
+
+
+def _run(editor: str, direction: str, data_dir, out, **options):
+    return run(
+        editor=editor,
+        task=f"bizsre_{direction}",
+        model="gemma3-270m",
+        data_dir=str(data_dir),
+        output_dir=str(out),
+        limit=3,
+        progress=False,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("memit", direction, data_dir, tmp_path)
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    assert len(post) == 14
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    layers = results["hparams"]["layers"]
+    expected = sorted(f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers)
+    assert all(s["touched"] == expected for s in samples)
+    assert all(max(s["edit_info"]["residual_gap"]) < 0.5 for s in samples)
+
+
+def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
+    results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
+    post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]
+    assert post["reliability.en.f1"] >= pre["reliability.en.f1"] + 40
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert all(s["batch"]["records"] == ["0", "1", "2"] for s in samples)
+    assert all(len(s["edit_info"]["value_steps"]) == 3 for s in samples)
+
+
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_kn_edits_chosen_neurons_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("kn", direction, data_dir, tmp_path)
+    task = f"bizsre_{direction}"
+    assert len(results["results"][task]) == 14
+    hparams = results["hparams"]
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    for sample in samples:
+        neurons = sample["edit_info"]["neurons"]
+        assert neurons and all(layer in (hparams["layers"] or range(18)) for layer, _ in neurons)
+        assert not hparams["max_neurons"] or len(neurons) <= hparams["max_neurons"]
+        assert sample["touched"] == sorted(
+            {f"model.layers.{layer}.mlp.down_proj.weight" for layer, _ in neurons}
+        )
+        assert sample["edit_info"]["old_token"].strip()  # a visible token, not a newline
+    reliability = [p for s in samples for p in s["probes"] if p["property"] == "reliability"]
+    assert any(p["post"] != p["pre"] for p in reliability)  # the edit reached the answers

@@ -94,6 +94,18 @@ def select_neurons(attributions: torch.Tensor, threshold: float, limit: int) -> 
     return picked[:limit] if limit else picked
 
 
+@torch.no_grad()
+def current_answer_token(model, tokenizer, prompt: str, candidates: int = 50) -> int:
+    """The model's most likely next token that has visible text: base models often open an answer
+    with a newline, and the neurons behind a newline are shared by every question."""
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    logits = output_logits(model, final_hidden(model, ids, torch.ones_like(ids))[0, -1])
+    ranked = logits.topk(candidates).indices.tolist()
+    special = set(tokenizer.all_special_ids)
+    visible = [t for t in ranked if t not in special and tokenizer.decode([t]).strip()]
+    return visible[0] if visible else ranked[0]
+
+
 class KN:
     """Knowledge neurons: erase the old answer from the neurons that carry it and write the new one."""
 
@@ -135,10 +147,7 @@ class KN:
             raise ValueError(f"kn edits one fact at a time, got {len(requests)}")
         (request,) = requests
         arch = architecture(model)
-        with torch.no_grad():
-            ids = torch.tensor([prompt_ids(tokenizer, request.prompt)])
-            hidden = final_hidden(model, ids, torch.ones_like(ids))[0, -1]
-            old = int(output_logits(model, hidden).argmax())
+        old = current_answer_token(model, tokenizer, request.prompt)
         new = target_ids(tokenizer, request.target)[0]
         (prompts,) = self.hparams.prompt_sets(model, tokenizer, [request], self.context)
         chosen = self.neurons(model, tokenizer, prompts, old)
