@@ -69,6 +69,14 @@ def architecture(model: torch.nn.Module) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+def check_layers(editor: str, key: str, value: int | tuple[int, ...], model: torch.nn.Module) -> None:
+    """Raise naming the editor, the hparam and the bad values if a layer index is not in the model."""
+    n_layers = model.config.num_hidden_layers
+    bad = [layer for layer in ([value] if isinstance(value, int) else value) if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"{editor}: {key}={value} has {bad} outside the model's 0..{n_layers - 1}")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A named model a plugin provides. ``locate()`` returns a ``.gguf`` file or an HF directory."""

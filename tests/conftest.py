@@ -54,3 +54,20 @@ def gemma(harness_cache):
         return load_model("gemma3-270m", plugins.models())
     except Exception as error:  # noqa: BLE001 - turn a missing package into a clear failure
         pytest.fail(f"demo model gemma3-270m unavailable: {error}")
+
+
+@pytest.fixture
+def register_plugin():
+    """Register plugin objects with the harness for one test; unregistered afterwards."""
+    plugins.load_plugins()
+    registered = []
+
+    def register(plugin):
+        plugins.pm.register(plugin)
+        registered.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in registered:
+        if plugins.pm.is_registered(plugin):
+            plugins.pm.unregister(plugin)

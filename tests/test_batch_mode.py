@@ -50,21 +50,9 @@ class Calls:
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(monkeypatch, register_plugin):
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    plugins.load_plugins()
-    registered = []
-
-    def register(stop_after_samples=None):
-        plugin = Calls(stop_after_samples)
-        plugins.pm.register(plugin)
-        registered.append(plugin)
-        return plugin
-
-    yield register
-    for plugin in registered:
-        if plugins.pm.is_registered(plugin):
-            plugins.pm.unregister(plugin)
+    return lambda stop_after_samples=None: register_plugin(Calls(stop_after_samples))
 
 
 def _samples(out) -> list[dict]:

@@ -39,20 +39,8 @@ class EditCounter:
 
 
 @pytest.fixture
-def counter():
-    plugins.load_plugins()
-    registered = []
-
-    def register(stop_after=None):
-        plugin = EditCounter(stop_after)
-        plugins.pm.register(plugin)
-        registered.append(plugin)
-        return plugin
-
-    yield register
-    for plugin in registered:
-        if plugins.pm.is_registered(plugin):
-            plugins.pm.unregister(plugin)
+def counter(register_plugin):
+    return lambda stop_after=None: register_plugin(EditCounter(stop_after))
 
 
 def test_resume_computes_only_the_rest_and_matches_an_uninterrupted_run(tmp_path, counter, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 
 from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, scored_positions, target_ids
 from harness.api import Edit, EditorContext, EditRequest
-from harness.models import architecture
+from harness.models import architecture, check_layers
 
 OBJECTIVES = ("last_position", "masked")
 
@@ -75,12 +75,7 @@ class FT:
         self.context: EditorContext | None = None
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
-        n_layers = model.config.num_hidden_layers
-        bad = [layer for layer in self.hparams.layers if not 0 <= layer < n_layers]
-        if bad:
-            raise ValueError(
-                f"{self.name}: layers={self.hparams.layers} has {bad} outside the model's 0..{n_layers - 1}"
-            )
+        check_layers(self.name, "layers", self.hparams.layers, model)
         self.context = context
 
     def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:

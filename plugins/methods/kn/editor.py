@@ -18,7 +18,7 @@ import torch
 
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
-from harness.models import architecture
+from harness.models import architecture, check_layers
 from harness.weight_editing import SubjectContexts, module, run_until
 
 
@@ -118,13 +118,8 @@ class KN:
         self.layers: list[int] = []
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
-        n_layers = model.config.num_hidden_layers
-        bad = [layer for layer in self.hparams.layers if not 0 <= layer < n_layers]
-        if bad:
-            raise ValueError(
-                f"kn: layers={self.hparams.layers} has {bad} outside the model's 0..{n_layers - 1}"
-            )
-        self.layers = sorted(set(self.hparams.layers)) or list(range(n_layers))
+        check_layers("kn", "layers", self.hparams.layers, model)
+        self.layers = sorted(set(self.hparams.layers)) or list(range(model.config.num_hidden_layers))
         self.context = context
 
     def neurons(self, model, tokenizer, prompts: tuple[str, ...], token: int) -> list[tuple[int, int]]:

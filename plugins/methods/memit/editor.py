@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.api import Edit, EditorContext, EditRequest
-from harness.models import architecture
+from harness.models import architecture, check_layers
 from harness.weight_editing import (
     SecondMomentSettings,
     SubjectContexts,
@@ -67,12 +67,7 @@ class MEMIT:
         self.corpus = ""
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
-        n_layers = model.config.num_hidden_layers
-        bad = [layer for layer in self.hparams.layers if not 0 <= layer < n_layers]
-        if bad:
-            raise ValueError(
-                f"memit: layers={self.hparams.layers} has {bad} outside the model's 0..{n_layers - 1}"
-            )
+        check_layers("memit", "layers", self.hparams.layers, model)
         arch = architecture(model)
         names = [arch.mlp_out.format(layer) for layer in sorted(self.hparams.layers)]
         self.moments, self.corpus = regularised_moments(model, tokenizer, names, self.hparams, context)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.api import Edit, EditorContext, EditRequest
-from harness.models import architecture
+from harness.models import architecture, check_layers
 from harness.weight_editing import (
     SecondMomentSettings,
     SubjectContexts,
@@ -44,9 +44,7 @@ class ROME:
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         self.context = context
-        n_layers = model.config.num_hidden_layers
-        if not 0 <= self.hparams.layer < n_layers:
-            raise ValueError(f"rome: layer={self.hparams.layer} is outside the model's 0..{n_layers - 1}")
+        check_layers("rome", "layer", self.hparams.layer, model)
         if self.hparams.second_moments:
             name = architecture(model).mlp_out.format(self.hparams.layer)
             moments, self.corpus = regularised_moments(model, tokenizer, [name], self.hparams, context)
