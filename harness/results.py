@@ -76,10 +76,6 @@ class SampleLog:
                 handle.truncate(valid_bytes)
         return samples
 
-    @property
-    def done(self) -> set[str]:
-        return {s["record_id"] for s in self.samples}
-
     def append(self, sample: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
