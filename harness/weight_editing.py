@@ -58,17 +58,6 @@ def module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def capture_input(target: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the first positional input of ``target`` on every forward call."""
-    seen: list[torch.Tensor] = []
-    handle = target.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
 def add_to_output(target: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
     """Add ``delta`` (one vector, or one per row) to ``target``'s output at (row, position) pairs."""
 

@@ -18,18 +18,23 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
-    edit_language = direction[:2]
-    results = run(
-        editor="rome",
+def _run(editor: str, direction: str, data_dir, out, **options):
+    return run(
+        editor=editor,
         task=f"bizsre_{direction}",
         model="gemma3-270m",
         data_dir=str(data_dir),
-        output_dir=str(tmp_path),
+        output_dir=str(out),
         limit=3,
         progress=False,
+        **options,
     )
+
+
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
+    edit_language = direction[:2]
+    results = _run("rome", direction, data_dir, tmp_path)
     task = f"bizsre_{direction}"
     post, pre = results["results"][task], results["pre_edit"][task]
     assert set(post) == KEYS | {f"reliability.{edit_language}.f1", f"reliability.{edit_language}.em"}
@@ -44,19 +49,6 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
     layer = results["hparams"]["layer"]
     assert all(s["touched"] == [f"model.layers.{layer}.mlp.down_proj.weight"] for s in samples)
     assert all(s["edit_info"]["second_moment_corpus"].startswith("files:") for s in samples)
-
-
-def _run(editor: str, direction: str, data_dir, out, **options):
-    return run(
-        editor=editor,
-        task=f"bizsre_{direction}",
-        model="gemma3-270m",
-        data_dir=str(data_dir),
-        output_dir=str(out),
-        limit=3,
-        progress=False,
-        **options,
-    )
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])

@@ -8,15 +8,20 @@ import torch
 
 from harness.answers import pad_batch, prompt_ids
 from harness.models import architecture
-from harness.weight_editing import capture_input, sampled_corpus, second_moments
+from harness.weight_editing import sampled_corpus, second_moments
 
 TEXTS = ["Paris is the capital of France.", "巴黎是法国的首都。", "Rivers flow to the sea.", "Hello there"]
 
 
 def _direct(model, tokenizer, module_name: str) -> torch.Tensor:
     ids, mask = pad_batch([prompt_ids(tokenizer, t) for t in TEXTS], tokenizer.pad_token_id)
-    with torch.no_grad(), capture_input(model.get_submodule(module_name)) as seen:
-        model.base_model(input_ids=ids, attention_mask=mask)
+    seen = []
+    handle = model.get_submodule(module_name).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():  # a full forward pass, independent of the harness's early stop
+            model.base_model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
     keys = seen[0][mask.bool()].double()
     return keys.T @ keys / len(keys)
 
