@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from harness.answers import Answer, read_answers
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -65,7 +67,8 @@ class Edit:
     """What an editor returns. Weight editors keep the original of every tensor they touched.
 
     ``restore()`` puts the exact original weights back and verifies them bit for bit. Editors that do
-    not change weights (in-context, memory-based) override ``wrap_prompt``.
+    not change weights override ``wrap_prompt`` (text in front of every probe) or, for full control
+    over how probes are answered (routing, a cached shared prefix), ``answers``.
     """
 
     def __init__(
@@ -84,6 +87,12 @@ class Edit:
 
     def wrap_prompt(self, prompt: str) -> str:
         return prompt
+
+    def answers(
+        self, model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], mode: str, batch_size: int
+    ) -> list[Answer]:
+        """The model's answers to (probe prompt, expected answer) pairs while this edit is in force."""
+        return read_answers(model, tokenizer, [(self.wrap_prompt(p), t) for p, t in pairs], mode, batch_size)
 
     @property
     def touched(self) -> list[str]:

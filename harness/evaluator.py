@@ -106,8 +106,8 @@ def _edit_batch(run: RunContext, records: list[Record], pre: dict[str, list[Answ
     edit = run.editor.apply(run.model, run.tokenizer, requests)
     edit_seconds = time.perf_counter() - started
     try:
-        pairs = [(edit.wrap_prompt(p.prompt), p.expected) for record in records for p in record.probes]
-        post = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
+        pairs = [(p.prompt, p.expected) for record in records for p in record.probes]
+        post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
     finally:
         edit.restore()  # raises RestoreError unless every touched tensor is bit-identical again
     samples, start = [], 0
