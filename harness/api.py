@@ -51,6 +51,34 @@ class Record:
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+@dataclass(frozen=True)
+class TrainingExample:
+    """One training fact for editors that learn or retrieve: the edit (prompt -> target), a
+    rephrase of the prompt, and an unrelated question with its answer."""
+
+    prompt: str
+    target: str
+    subject: str
+    rephrase: str
+    locality_prompt: str
+    locality_answer: str
+    language: str
+
+
+class TrainingSet(Protocol):
+    """Named training data in one language (registered with ``register_training_sets``)."""
+
+    name: str
+    language: str
+    description: str
+
+    def data_files(self, data_dir: Any) -> list[Any]:
+        """Files the examples come from (hashed into checkpoint keys)."""
+
+    def examples(self, data_dir: Any) -> list[TrainingExample]:
+        """Usable examples in file order; unusable records are skipped with a warning naming them."""
+
+
 class ValidationIssue(ValueError):
     """A problem with one record of a task's data, located by record index and field."""
 
@@ -128,6 +156,7 @@ class EditorContext:
     data_dir: Any = None
     model_id: str = ""
     languages: tuple[str, ...] = ()
+    training_set: str = ""  # the task's training data in its edit language (a registered name)
 
 
 class Editor(Protocol):
@@ -153,6 +182,7 @@ class Task(Protocol):
     languages: tuple[str, ...]
     edit_language: str
     template: str  # default probe template name (``--set template=...`` overrides)
+    training_set: str  # registered training set in the edit language ("" if none)
 
     def data_files(self, data_dir: Any) -> list[Any]:
         """Files the records come from (hashed into results)."""

@@ -43,6 +43,9 @@ def _ls(args) -> int:
     elif args.what == "tasks":
         for name, task in sorted(plugins.tasks().items()):
             print(f"{name:32} {task.description}")
+    elif args.what == "training-sets":
+        for name, training_set in sorted(plugins.training_sets().items()):
+            print(f"{name:16} {training_set.language:4} {training_set.description}")
     else:
         for name, source in sorted(plugins.models().items()):
             print(f"{name:16} {source.description}")
@@ -98,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     ls = sub.add_parser("ls", help="list editors, tasks or models")
-    ls.add_argument("what", choices=["editors", "tasks", "models"])
+    ls.add_argument("what", choices=["editors", "tasks", "models", "training-sets"])
     ls.set_defaults(handler=_ls)
 
     sub.add_parser("plugins", help="print loaded plugins as JSON").set_defaults(handler=_plugins)

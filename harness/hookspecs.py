@@ -21,6 +21,12 @@ def register_tasks(register):
 
 
 @hookspec
+def register_training_sets(register):
+    """Call ``register(training_set)`` for each ``harness.api.TrainingSet`` (demonstration pools,
+    training data for editors that learn)."""
+
+
+@hookspec
 def register_models(register):
     """Call ``register(source)`` for each named model (a ``harness.models.ModelSource``)."""
 

@@ -106,6 +106,10 @@ def tasks() -> dict[str, Any]:
     return _collect("register_tasks", lambda args: args[0].name)
 
 
+def training_sets() -> dict[str, Any]:
+    return _collect("register_training_sets", lambda args: args[0].name)
+
+
 def models() -> dict[str, Any]:
     return _collect("register_models", lambda args: args[0].name)
 

@@ -157,6 +157,7 @@ def run(
         data_dir=data_path,
         model_id=loaded.identity["sha256"],
         languages=tuple(task_obj.languages),
+        training_set=getattr(task_obj, "training_set", ""),
     )
     prepare_started = time.perf_counter()
     editor_obj.prepare(loaded.model, loaded.tokenizer, context)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.api import EditRequest, Probe, Record, ValidationIssue
+from harness.api import EditRequest, Probe, Record, TrainingExample, ValidationIssue
 from harness.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ class BiZsRETask:
         other = next(lang for lang in self.languages if lang != self.edit_language)
         suffix = "" if self.properties == PROPERTIES else "_" + "_".join(self.properties)
         return f"bizsre_{self.edit_language}_{other}{suffix}"
+
+    @property
+    def training_set(self) -> str:
+        return f"zsre_{self.edit_language}"
 
     @property
     def description(self) -> str:
@@ -130,6 +134,78 @@ class BiZsRETask:
         return Record(id=record_id, request=request, probes=tuple(probes), raw=item)
 
 
+TRAINING_FIELDS = ("subject", "src", "alt", "rephrase", "loc", "loc_ans")
+
+
+@dataclass(frozen=True)
+class ZsRETrainingSet:
+    """ZsRE-style training records (``subject, src, alt, rephrase, loc, loc_ans``) in one language."""
+
+    name: str
+    language: str
+    relative_path: str
+    description: str
+
+    def data_files(self, data_dir: Path | None) -> list[Path]:
+        if data_dir is None:
+            raise FileNotFoundError(
+                f"training set {self.name} needs a data directory holding {self.relative_path} "
+                "(--data-dir or HARNESS_DATA_DIR)"
+            )
+        path = Path(data_dir) / self.relative_path
+        if not path.is_file():
+            raise FileNotFoundError(f"training set {self.name}: {path} does not exist")
+        return [path]
+
+    def examples(self, data_dir: Path | None) -> list[TrainingExample]:
+        import datasets
+
+        (path,) = self.data_files(data_dir)
+        raw = datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+        usable, skipped = [], []
+        for index, item in enumerate(raw):
+            if all(isinstance(item.get(f), str) and item[f].strip() for f in TRAINING_FIELDS):
+                usable.append(
+                    TrainingExample(
+                        prompt=item["src"],
+                        target=item["alt"],
+                        subject=item["subject"],
+                        rephrase=item["rephrase"],
+                        locality_prompt=item["loc"].removeprefix(LOC_PREFIX),
+                        locality_answer=item["loc_ans"],
+                        language=self.language,
+                    )
+                )
+            else:
+                skipped.append(index)
+        if skipped:
+            log.warning(
+                "training set %s: skipped %d record(s) with a missing or empty field among %s (indices %s%s)",
+                self.name,
+                len(skipped),
+                TRAINING_FIELDS,
+                skipped[:10],
+                " ..." if len(skipped) > 10 else "",
+            )
+        return usable
+
+
+TRAINING_SETS = (
+    ZsRETrainingSet(
+        "zsre_en",
+        "en",
+        "zsre_train/zsre_mend_train_en_10000.json",
+        "ZsRE training split, English (10,000 records, MEND format)",
+    ),
+    ZsRETrainingSet(
+        "zsre_zh",
+        "zh",
+        "zsre_eval/zsre_mend_eval_zh_3000.json",
+        "Bi-ZsRE Chinese validation set (3,000 records), the Chinese training pool",
+    ),
+)
+
+
 def variants() -> list[BiZsRETask]:
     tasks = []
     for edit_language in LANGUAGES:
@@ -142,3 +218,9 @@ def variants() -> list[BiZsRETask]:
 def register_tasks(register):
     for task in variants():
         register(task)
+
+
+@hookimpl
+def register_training_sets(register):
+    for training_set in TRAINING_SETS:
+        register(training_set)
