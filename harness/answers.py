@@ -2,10 +2,13 @@
 
 Only the positions that are scored go through the output head: on a 262k-vocabulary model the head
 is most of the cost, so hidden states are gathered first and projected as one matrix product.
+Prompts that all start with one long shared prefix (in-context editing) can have the prefix encoded
+once (``SharedPrefix``) and only their own tokens run per batch.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +55,45 @@ def pad_batch(
     return ids, mask
 
 
-def final_hidden(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (after the final norm) without computing the full-vocabulary logits."""
-    return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Token ids that every prompt of a call starts with and, once encoded, the model's key/value
+    states for them (a transformers cache of batch size 1); without states the ids are fed whole."""
+
+    ids: tuple[int, ...]
+    states: Any = None
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, model: torch.nn.Module, ids: list[int]) -> SharedPrefix:
+        """Run the prefix through the model once and keep its key/value states."""
+        out = model.base_model(input_ids=torch.tensor([ids]), use_cache=True)
+        return cls(tuple(ids), out.past_key_values)
+
+    def states_for(self, batch: int) -> Any:
+        """A fresh copy of the states for ``batch`` rows (the model appends to what it is given)."""
+        states = copy.deepcopy(self.states)
+        if batch > 1:
+            states.batch_repeat_interleave(batch)
+        return states
+
+
+def final_hidden(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix | None = None
+) -> torch.Tensor:
+    """Last hidden states (after the final norm) without computing the full-vocabulary logits.
+
+    With an encoded ``prefix``, ``ids`` continue it: every row attends to all prefix positions.
+    """
+    if prefix is None:
+        return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    seen = torch.ones((len(ids), len(prefix.ids)), dtype=mask.dtype)
+    return model.base_model(
+        input_ids=ids,
+        attention_mask=torch.cat([seen, mask], dim=1),
+        past_key_values=prefix.states_for(len(ids)),
+        use_cache=True,
+    ).last_hidden_state
 
 
 def scored_positions(
@@ -73,21 +112,31 @@ def _batches(order: list[int], size: int):
         yield order[start : start + size]
 
 
-@torch.no_grad()
+Encoded = list[tuple[list[int], list[int]]]  # per prompt: (prompt ids, expected-answer ids)
+
+
 def teacher_forced(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[Answer]:
     """For each (prompt, target): feed prompt + " " + target once; the argmax at each target position.
 
     The decoded argmax tokens are the answer, as in the Bi-ZsRE evaluation script.
     """
     encoded = [(prompt_ids(tokenizer, p), target_ids(tokenizer, t)) for p, t in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
-    answers: list[Answer | None] = [None] * len(pairs)
+    return _teacher_forced_ids(model, tokenizer, encoded, batch_size)
+
+
+@torch.no_grad()
+def _teacher_forced_ids(
+    model, tokenizer, encoded: Encoded, batch_size: int, prefix: SharedPrefix | None = None
+) -> list[Answer]:
+    """Teacher-forced answers for token ids; with an encoded ``prefix`` the ids continue it."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    answers: list[Answer | None] = [None] * len(encoded)
     for chunk in _batches(order, batch_size):
         ids, mask = pad_batch([encoded[i][0] + encoded[i][1] for i in chunk], tokenizer.pad_token_id)
         rows, cols = scored_positions(
             [len(encoded[i][0]) for i in chunk], [len(encoded[i][1]) for i in chunk]
         )
-        hidden = final_hidden(model, ids, mask)
+        hidden = final_hidden(model, ids, mask, prefix)
         predicted = output_logits(model, hidden[rows, cols]).argmax(-1).tolist()
         start = 0
         for i in chunk:
@@ -97,29 +146,90 @@ def teacher_forced(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     return answers  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def generated(
     model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16, extra_tokens: int = 3
 ) -> list[Answer]:
     """Greedy continuation of each prompt, up to len(target) + extra_tokens, cut at newline or EOS."""
-    encoded = [(prompt_ids(tokenizer, p), len(target_ids(tokenizer, t))) for p, t in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]))
-    answers: list[Answer | None] = [None] * len(pairs)
+    budgets = [len(target_ids(tokenizer, t)) + extra_tokens for _, t in pairs]
+    return _generated_ids(model, tokenizer, [prompt_ids(tokenizer, p) for p, _ in pairs], budgets, batch_size)
+
+
+@torch.no_grad()
+def _generated_ids(
+    model, tokenizer, prompts: list[list[int]], budgets: list[int], batch_size: int
+) -> list[Answer]:
+    """Greedy continuations of token-id prompts, each up to its budget of new tokens."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[Answer | None] = [None] * len(prompts)
     for chunk in _batches(order, batch_size):
-        ids, mask = pad_batch([encoded[i][0] for i in chunk], tokenizer.pad_token_id, left=True)
-        budget = max(encoded[i][1] for i in chunk) + extra_tokens
+        ids, mask = pad_batch([prompts[i] for i in chunk], tokenizer.pad_token_id, left=True)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=budget,
+            max_new_tokens=max(budgets[i] for i in chunk),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         for row, i in enumerate(chunk):
-            tokens = out[row, ids.shape[1] : ids.shape[1] + encoded[i][1] + extra_tokens].tolist()
+            tokens = out[row, ids.shape[1] : ids.shape[1] + budgets[i]].tolist()
             answers[i] = _cut_at_line_end(tokenizer, tokens)
     return answers  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _greedy_after_prefix(model, tokenizer, prefix: SharedPrefix, prompt: list[int], budget: int) -> Answer:
+    """Greedy continuation of ``prompt`` after an encoded prefix, one token at a time (batch 1).
+
+    Stops at EOS or once a newline was produced: the answer is cut there anyway.
+    """
+    states, feed, seen = prefix.states_for(1), prompt, len(prefix.ids)
+    tokens: list[int] = []
+    while len(tokens) < budget:
+        seen += len(feed)
+        hidden = model.base_model(
+            input_ids=torch.tensor([feed]),
+            attention_mask=torch.ones((1, seen), dtype=torch.long),
+            past_key_values=states,
+            use_cache=True,
+        ).last_hidden_state
+        token = int(output_logits(model, hidden[0, -1]).argmax())
+        tokens.append(token)
+        if token == tokenizer.eos_token_id or "\n" in tokenizer.decode(tokens):
+            break
+        feed = [token]
+    return _cut_at_line_end(tokenizer, tokens)
+
+
+def answers_after_prefix(
+    model,
+    tokenizer,
+    prefix: SharedPrefix,
+    pairs: list[tuple[str, str]],
+    mode: str,
+    batch_size: int,
+    extra_tokens: int = 3,
+) -> list[Answer]:
+    """Answers to (prompt, target) pairs whose prompts all follow ``prefix``.
+
+    The model reads ``prefix.ids + tokenizer(prompt)`` (the prompt without special tokens) whether
+    or not the prefix is encoded, so both ways see the same ids; with encoded states only the
+    prompt and answer tokens run per batch.
+    """
+    _check_mode(mode)
+    prompts = [tokenizer(p, add_special_tokens=False).input_ids for p, _ in pairs]
+    if not all(prompts):
+        raise ValueError("every prompt after a shared prefix needs at least one token")
+    cached = prefix.states is not None
+    if not cached:
+        prompts = [list(prefix.ids) + p for p in prompts]
+    if mode == "teacher_forced":
+        encoded = [(p, target_ids(tokenizer, t)) for p, (_, t) in zip(prompts, pairs)]
+        return _teacher_forced_ids(model, tokenizer, encoded, batch_size, prefix if cached else None)
+    budgets = [len(target_ids(tokenizer, t)) + extra_tokens for _, t in pairs]
+    if cached:
+        return [_greedy_after_prefix(model, tokenizer, prefix, p, b) for p, b in zip(prompts, budgets)]
+    return _generated_ids(model, tokenizer, prompts, budgets, batch_size)
 
 
 def _cut_at_line_end(tokenizer, tokens: list[int]) -> Answer:
@@ -133,9 +243,13 @@ def _cut_at_line_end(tokenizer, tokens: list[int]) -> Answer:
     return Answer(text.split("\n")[0], tuple(tokens[:kept]))
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {mode!r}")
+
+
 def read_answers(model, tokenizer, pairs: list[tuple[str, str]], mode: str, batch_size: int) -> list[Answer]:
+    _check_mode(mode)
     if mode == "teacher_forced":
         return teacher_forced(model, tokenizer, pairs, batch_size)
-    if mode == "generate":
-        return generated(model, tokenizer, pairs, batch_size)
-    raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {mode!r}")
+    return generated(model, tokenizer, pairs, batch_size)

@@ -7,6 +7,8 @@ import torch
 
 from harness import plugins
 from harness.answers import (
+    SharedPrefix,
+    answers_after_prefix,
     final_hidden,
     generated,
     output_logits,
@@ -154,6 +156,32 @@ def test_generated_is_greedy_continuation(lm):
             tokens.append(nxt)
     assert answer.token_ids == tuple(tokens)
     assert answer.text == tokenizer.decode(tokens, skip_special_tokens=True).split("\n")[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answers_after_an_encoded_prefix_match_the_whole_prompt(tiny, family):
+    """The prefix's key/value states (longer than tiny-gemma3's 64-token sliding window) change no
+    answer; the model reads prefix ids + prompt ids without special tokens in between."""
+    lm = tiny[family]
+    model, tokenizer = lm.model, lm.tokenizer
+    head = tokenizer("New Fact: the capital of Zembla is Ostrava.\n" * 3).input_ids
+    assert len(head) > 100
+    plain, cached = SharedPrefix(tuple(head)), SharedPrefix.encode(model, head)
+    for mode, pairs in (("teacher_forced", PAIRS), ("generate", GEN_PAIRS)):
+        for batch_size in (1, 3):
+            assert answers_after_prefix(model, tokenizer, cached, pairs, mode, batch_size) == (
+                answers_after_prefix(model, tokenizer, plain, pairs, mode, batch_size)
+            ), (mode, batch_size)
+    prompt, target = PAIRS[0]
+    ids = head + tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(" " + target, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + answer_ids])).logits[0]
+    expected = tuple(logits[len(ids) - 1 : len(ids) + len(answer_ids) - 1].argmax(-1).tolist())
+    (answer,) = answers_after_prefix(model, tokenizer, cached, PAIRS[:1], "teacher_forced", 1)
+    assert answer.token_ids == expected
+    with pytest.raises(ValueError, match="at least one token"):
+        answers_after_prefix(model, tokenizer, cached, [("", "x")], "teacher_forced", 1)
 
 
 def test_output_logits_applies_softcapping(lm):
