@@ -155,6 +155,7 @@ class EditorContext:
     seed: int = 0
     data_dir: Any = None
     model_id: str = ""
+    model_name: str = ""  # as the user named it (for messages); model_id is its content hash
     languages: tuple[str, ...] = ()
     training_set: str = ""  # the task's training data in its edit language (a registered name)
 

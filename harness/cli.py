@@ -1,4 +1,4 @@
-"""Command line: harness run | ls | plugins | validate | report."""
+"""Command line: harness run | train | ls | plugins | validate | report."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ def _run(args) -> int:
     )
     print(table(results))
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
+    return 0
+
+
+def _train(args) -> int:
+    from harness.config import parse_overrides
+    from harness.runner import train
+
+    summary = train(
+        editor=args.editor,
+        train_data=args.train_data,
+        train_limit=args.train_limit,
+        model=args.model,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        overrides=parse_overrides(args.set or []),
+        config_file=args.config,
+    )
+    shown = {k: v for k, v in summary.items() if k not in ("model", "hparams")}
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -99,6 +118,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)
+
+    train = sub.add_parser("train", help="train an editor that learns (serac, mend) into the cache")
+    train.add_argument("--editor", required=True)
+    train.add_argument("--train-data", help="registered training set (`harness ls training-sets`)")
+    train.add_argument("--train-limit", type=int, help="train on the first N examples (0: all)")
+    train.add_argument("--model", help="as for `harness run`")
+    train.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR or harness.toml)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an editor setting")
+    train.set_defaults(handler=_train)
 
     ls = sub.add_parser("ls", help="list editors, tasks or models")
     ls.add_argument("what", choices=["editors", "tasks", "models", "training-sets"])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness import config as config_module
-from harness import plugins
+from harness import plugins, training
 from harness.api import Edit, EditorContext, EditRequest
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
@@ -156,6 +156,7 @@ def run(
         seed=cfg.seed,
         data_dir=data_path,
         model_id=loaded.identity["sha256"],
+        model_name=cfg.model,
         languages=tuple(task_obj.languages),
         training_set=getattr(task_obj, "training_set", ""),
     )
@@ -213,6 +214,74 @@ def run(
     write_json(out / RESULTS, results)
     plugins.pm.hook.after_run(results=results, run=run_context)
     return results
+
+
+def train(
+    editor: str,
+    train_data: str | None = None,
+    train_limit: int | None = None,
+    model: str | None = None,
+    data_dir: str | None = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train an editor that learns (``editor.train``) and store its checkpoint in the cache.
+
+    The checkpoint is keyed by model, training data and training hparams, so ``harness run`` with the
+    same settings finds it; a finished checkpoint is not trained again, an interrupted one resumes.
+    """
+    editor_class = plugins.lookup("editor", editor, plugins.editors())
+    if not callable(getattr(editor_class, "train", None)):
+        trainable = sorted(n for n, c in plugins.editors().items() if callable(getattr(c, "train", None)))
+        raise config_module.ConfigError(
+            f"editor {editor!r} needs no training; editors that train: {trainable}"
+        )
+    settings = {k: str(v) for k, v in (overrides or {}).items()}
+    settings.update(
+        {
+            f"editor.{k}": str(v)
+            for k, v in (("train_data", train_data), ("train_limit", train_limit))
+            if v is not None
+        }
+    )
+    cli = {"model": model, "data_dir": data_dir, "seed": seed}
+    resolved = config_module.resolve(editor_class.hparams_class, editor, cli, settings, config_file)
+    cfg, hparams = resolved.run, resolved.hparams
+    if not hparams.train_data:
+        names = sorted(plugins.training_sets())
+        raise config_module.ConfigError(f"harness train needs --train-data NAME (one of {names})")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = training.load_training_set(hparams.train_data, cfg.data_dir or None, editor)
+    train_examples, validation = training.split(data, hparams)
+    loaded = load_model(cfg.model, plugins.models())
+    editor_obj = editor_class(hparams)
+    extra = editor_obj.checkpoint_extra() if hasattr(editor_obj, "checkpoint_extra") else None
+    directory = training.checkpoint_dir(editor, hparams, loaded.identity["sha256"], data, extra)
+    if (directory / training.CHECKPOINT).is_file():
+        log.info("already trained: %s", directory)
+        return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
+    directory.mkdir(parents=True, exist_ok=True)
+    context = EditorContext(
+        cache_dir=cache_dir(),
+        seed=cfg.seed,
+        data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+        model_id=loaded.identity["sha256"],
+        model_name=cfg.model,
+        training_set=data.name,
+    )
+    session = training.TrainingSession(directory, train_examples, validation, cfg.seed, progress)
+    summary = editor_obj.train(loaded.model, loaded.tokenizer, session, context)
+    return {
+        **summary,
+        "editor": editor,
+        "model": loaded.identity,
+        "data": training.describe(data),
+        "hparams": dataclasses.asdict(hparams),
+    }
 
 
 def apply_edit(

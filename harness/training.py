@@ -3,14 +3,22 @@ train, checkpoints in the cache keyed by everything they depend on."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from harness import plugins
 from harness.api import TrainingExample
-from harness.models import file_sha256
+from harness.models import cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +53,230 @@ def load_training_set(name: str, data_dir: Path | str | None, who: str) -> Train
 def describe(data: TrainingData) -> dict[str, Any]:
     """What a run or checkpoint records about its training data."""
     return {"name": data.name, "language": data.language, "examples": len(data.examples), "files": data.files}
+
+
+# --- editors that train (SERAC, MEND): settings, checkpoints, resumable sessions ----------------
+
+RUNTIME_ONLY = {"runtime_only": True}  # field metadata: changing it never needs retraining
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "training.json"
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Mixin for hparams of editors that must be trained before they edit."""
+
+    train_data: str = ""  # a registered training set; empty: the task's (e.g. its edit language's)
+    train_limit: int = 0  # training examples used (the paper's scale study: 100 ... 10000); 0: all
+    validation_size: int = 100  # examples held out from the end of the training set
+
+    def __post_init__(self) -> None:
+        if self.train_limit < 0 or self.validation_size < 1:
+            raise ValueError(
+                f"train_limit must be >= 0 and validation_size >= 1, got {self.train_limit}, "
+                f"{self.validation_size}"
+            )
+
+
+class TrainingRequired(RuntimeError):
+    """An editor that learns was asked to edit without a checkpoint for this model, data and hparams."""
+
+
+def split(
+    data: TrainingData, settings: TrainingSettings
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """(train, validation): the last ``validation_size`` examples are held out; train takes the first
+    ``train_limit`` of the rest, so growing the limit only adds examples."""
+    examples = data.examples
+    if len(examples) <= settings.validation_size:
+        raise ValueError(
+            f"training set {data.name} has {len(examples)} examples, not more than "
+            f"validation_size={settings.validation_size}"
+        )
+    held_out = examples[-settings.validation_size :]
+    pool = examples[: -settings.validation_size]
+    if settings.train_limit > len(pool):
+        raise ValueError(
+            f"train_limit={settings.train_limit}, but training set {data.name} has only {len(pool)} "
+            f"examples besides the {settings.validation_size} held out"
+        )
+    return pool[: settings.train_limit or len(pool)], held_out
+
+
+def training_hparams(hparams: Any) -> dict[str, Any]:
+    """The hparams a checkpoint depends on: every field not marked ``RUNTIME_ONLY``."""
+    return {
+        f.name: getattr(hparams, f.name)
+        for f in fields(hparams)
+        if not f.metadata.get("runtime_only") and f.name != "train_data"
+    }
+
+
+def checkpoint_dir(
+    editor: str, hparams: Any, model_id: str, data: TrainingData, extra: dict[str, str] | None = None
+) -> Path:
+    """Where the checkpoint of ``editor`` trained with these inputs lives; the key holds all of them
+    (``extra``: anything else the editor's training reads, e.g. a template's hash)."""
+    identity = {
+        "editor": editor,
+        "model": model_id,
+        "data": describe(data),
+        "hparams": training_hparams(hparams),
+        "extra": extra or {},
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:20]
+    return cache_dir() / "trained" / editor / key
+
+
+def train_command(editor: str, model_name: str, data: TrainingData, hparams: Any) -> str:
+    limit = f" --train-limit {hparams.train_limit}" if hparams.train_limit else ""
+    return f"harness train --editor {editor} --model {model_name} --train-data {data.name}{limit}"
+
+
+def trained_state(
+    editor: str, hparams: Any, context: Any, extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, summary) of the finished checkpoint for this editor, model, data and hparams.
+
+    Raises TrainingRequired, with the command that trains it, when there is none.
+    """
+    data = load_training_set(hparams.train_data or context.training_set, context.data_dir, editor)
+    directory = checkpoint_dir(editor, hparams, context.model_id, data, extra)
+    path = directory / CHECKPOINT
+    if not path.is_file():
+        raise TrainingRequired(
+            f"{editor} has not been trained for model {context.model_name or context.model_id[:12]} on "
+            f"training set {data.name} with these hparams (no {path}). Train it first:\n  "
+            + train_command(editor, context.model_name or "MODEL", data, hparams)
+        )
+    summary = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
+    return torch.load(path, map_location="cpu", weights_only=True), summary
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+@dataclass
+class TrainingSession:
+    """One editor's training: held-out split, resumable progress, a metrics log, the final checkpoint.
+
+    Editors call ``resume()`` once, ``save_progress`` now and then, ``log`` after each validation and
+    ``finish`` at the end. A killed run started again continues from the last saved progress.
+    """
+
+    directory: Path
+    train: list[TrainingExample]
+    validation: list[TrainingExample]
+    seed: int = 0
+    progress: bool = True
+    elapsed: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    @property
+    def has_progress(self) -> bool:
+        return (self.directory / PROGRESS).is_file()
+
+    def resume(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, the editor's state) of the last saved progress, or None on a fresh start."""
+        path = self.directory / PROGRESS
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        self.elapsed = saved["elapsed"]
+        self.started = time.perf_counter()
+        self._truncate_metrics(saved["step"])
+        log.info("resuming training from step %d (%s)", saved["step"], path)
+        return saved["step"], saved["state"]
+
+    def save_progress(self, step: int, state: dict[str, Any]) -> None:
+        _atomic_save({"step": step, "elapsed": self.seconds, "state": state}, self.directory / PROGRESS)
+
+    def log(self, step: int, **metrics: float) -> None:
+        line = {"step": step, "seconds": round(self.seconds, 2), **metrics}
+        with open(self.directory / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.directory / METRICS
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def _truncate_metrics(self, step: int) -> None:
+        kept = [m for m in self.metrics() if m["step"] <= step]
+        (self.directory / METRICS).write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
+
+    def finish(self, state: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        """Write the checkpoint and its summary (time, size, final metrics); drop the progress file."""
+        _atomic_save(state, self.directory / CHECKPOINT)
+        parameters = _count_parameters(state)
+        summary = {
+            **summary,
+            "train_examples": len(self.train),
+            "validation_examples": len(self.validation),
+            "training_seconds": round(self.seconds, 1),
+            "checkpoint_bytes": (self.directory / CHECKPOINT).stat().st_size,
+            "checkpoint_parameters": parameters,
+            "checkpoint": str(self.directory / CHECKPOINT),
+        }
+        (self.directory / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        (self.directory / PROGRESS).unlink(missing_ok=True)
+        return summary
+
+
+def _count_parameters(state: Any) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel()
+    if isinstance(state, dict):
+        return sum(_count_parameters(v) for v in state.values())
+    return 0
+
+
+def batch_indices(count: int, size: int, seed: int, step: int) -> list[int]:
+    """The examples of training step ``step``: a function of (seed, step) only, so a resumed run
+    draws exactly the batches an uninterrupted one would."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randperm(count, generator=generator)[:size].tolist()
+
+
+def train_loop(
+    session: TrainingSession,
+    steps: int,
+    every: int,
+    step: Callable[[int], dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    state: Callable[[], dict[str, Any]],
+    restore: Callable[[dict[str, Any]], None],
+    description: str,
+    baseline: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Run ``step(i)`` for the steps not yet done; validate, log and save progress every ``every``
+    steps and at the end. A fresh start first logs step 0: validation before any training, with
+    ``baseline`` (e.g. metrics of an earlier phase). Returns the last metrics line."""
+    resumed = session.resume()
+    first = 0
+    if resumed is not None:
+        first, saved = resumed
+        restore(saved)
+    else:
+        session.log(0, **(baseline or {}), **validate())
+    with tqdm(total=steps, initial=first, desc=description, unit="step", disable=not session.progress) as bar:
+        for index in range(first, steps):
+            losses = step(index)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+            if (index + 1) % every == 0 or index + 1 == steps:
+                session.log(index + 1, **losses, **validate())
+                session.save_progress(index + 1, state())  # after the log: a resume redoes lost lines
+    found = session.metrics()
+    return found[-1] if found else {}

@@ -71,3 +71,57 @@ def register_plugin():
     for plugin in registered:
         if plugins.pm.is_registered(plugin):
             plugins.pm.unregister(plugin)
+
+
+COUNTRIES = [
+    "Zorbania", "Quellia", "Trovik", "Malgor", "Pentaris", "Ulvund", "Kessary", "Brontavia", "Oskelund",
+    "Varnhold", "Ithmar", "Cadrena", "Felmoor", "Durvana", "Sollace", "Yrkesh", "Hallowen", "Nimbrel",
+    "Graskov", "Tellurin", "Avondel", "Morwick", "Estrava", "Ribbonsea",
+]
+CITIES = ["Ostberg", "Lunaris", "Parvel", "Kirrin", "Dovetta", "Salmund", "Greyfall", "Thessal"]
+UNRELATED = [
+    ("How many legs does a spider have?", "eight"),
+    ("What colour is the sky on a clear day?", "blue"),
+    ("Which metal is liquid at room temperature?", "mercury"),
+    ("What do bees make?", "honey"),
+]
+
+
+class SyntheticTrainingSet:
+    """Invented capital-city facts in the ZsRE shape, for training editors on tiny models."""
+
+    name = "synthetic_en"
+    language = "en"
+    description = "invented capital cities (tests)"
+
+    def data_files(self, data_dir):
+        return [Path(__file__)]
+
+    def examples(self, data_dir):
+        from harness.api import TrainingExample
+
+        return [
+            TrainingExample(
+                prompt=f"The capital of {country} is",
+                target=CITIES[i % len(CITIES)],
+                subject=country,
+                rephrase=f"{country}'s capital city is",
+                locality_prompt=UNRELATED[i % len(UNRELATED)][0],
+                locality_answer=UNRELATED[i % len(UNRELATED)][1],
+                language="en",
+            )
+            for i, country in enumerate(COUNTRIES)
+        ]
+
+
+@pytest.fixture
+def synthetic_training_set(register_plugin):
+    from harness.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_training_sets(self, register):
+            register(SyntheticTrainingSet())
+
+    register_plugin(Plugin())
+    return SyntheticTrainingSet()

@@ -1,0 +1,119 @@
+"""The training core: held-out split, checkpoint keys, resumable sessions, the untrained-editor error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import training
+from harness.api import EditorContext
+from harness.runner import train
+from harness.training import TrainingData, TrainingRequired, TrainingSettings, split
+from harness_plugins.methods.mend.editor import MEND, MENDHparams
+from harness_plugins.methods.serac.editor import SERACHparams
+
+TINY_MEND = {
+    "train_limit": "0",
+    "validation_size": "4",
+    "steps": "12",
+    "validate_every": "4",
+    "norm_examples": "6",
+}
+
+
+def _data(training_set) -> TrainingData:
+    return TrainingData("synthetic_en", "en", training_set.examples(None), {"f": "0"})
+
+
+def test_split_holds_out_the_tail_and_growing_the_limit_only_adds_examples(synthetic_training_set):
+    data = _data(synthetic_training_set)
+    small, held_out = split(data, TrainingSettings(train_limit=5, validation_size=4))
+    large, held_out_again = split(data, TrainingSettings(train_limit=10, validation_size=4))
+    assert held_out == held_out_again == data.examples[-4:]
+    assert small == data.examples[:5] and large[:5] == small and len(large) == 10
+    assert split(data, TrainingSettings(train_limit=0, validation_size=4))[0] == data.examples[:20]
+    with pytest.raises(ValueError, match="train_limit=21, but training set synthetic_en has only 20"):
+        split(data, TrainingSettings(train_limit=21, validation_size=4))
+
+
+def test_checkpoint_key_ignores_runtime_only_settings_and_the_spelling_of_the_data_name(
+    synthetic_training_set,
+):
+    data = _data(synthetic_training_set)
+    base = training.checkpoint_dir("serac", SERACHparams(), "model", data)
+    assert training.checkpoint_dir("serac", SERACHparams(threshold=0.9), "model", data) == base
+    assert training.checkpoint_dir("serac", SERACHparams(train_data="synthetic_en"), "model", data) == base
+    assert training.checkpoint_dir("serac", SERACHparams(lr=1.0), "model", data) != base
+    assert training.checkpoint_dir("serac", SERACHparams(), "other-model", data) != base
+    assert training.checkpoint_dir("serac", SERACHparams(train_limit=5), "model", data) != base
+
+
+def test_editing_with_an_untrained_editor_says_how_to_train_it(tiny_llama, synthetic_training_set):
+    context = EditorContext(
+        cache_dir=None,
+        model_id=tiny_llama.identity["sha256"],
+        model_name="tiny-llama",
+        training_set="synthetic_en",
+    )
+    with pytest.raises(TrainingRequired) as error:
+        MEND(MENDHparams(train_limit=7)).prepare(tiny_llama.model, tiny_llama.tokenizer, context)
+    assert "harness train --editor mend --model tiny-llama --train-data synthetic_en --train-limit 7" in str(
+        error.value
+    )
+
+
+def test_editors_that_need_no_training_are_refused_by_train():
+    with pytest.raises(
+        ValueError, match=r"editor 'rome' needs no training; editors that train: \['mend', 'serac'\]"
+    ):
+        train("rome", train_data="zsre_en")
+
+
+def _checkpoint(summary) -> dict:
+    return torch.load(summary["checkpoint"], weights_only=True)
+
+
+def test_a_killed_training_resumes_to_the_same_checkpoint(
+    synthetic_training_set, tmp_path, monkeypatch, harness_cache
+):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "straight"))
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "straight" / "models").symlink_to(harness_cache / "models")
+    straight = train(
+        "mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False
+    )
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "killed"))
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "models").symlink_to(harness_cache / "models")
+    original = training.TrainingSession.save_progress
+    saves = []
+
+    def save_then_die(self, step, state):
+        original(self, step, state)
+        saves.append(step)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.TrainingSession, "save_progress", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train("mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False)
+    monkeypatch.setattr(training.TrainingSession, "save_progress", original)
+    resumed = train(
+        "mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False
+    )
+
+    assert saves == [4, 8]
+    first, second = _checkpoint(straight), _checkpoint(resumed)
+    for part in ("transforms", "step_sizes"):
+        assert first[part].keys() == second[part].keys()
+        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part])
+    log = (Path(resumed["checkpoint"]).parent / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in log]
+    assert [m["step"] for m in metrics] == [0, 4, 8, 12]
+    assert resumed["train_examples"] == 20 and resumed["validation_examples"] == 4
+    again = train("mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False)
+    assert again["checkpoint"] == resumed["checkpoint"]  # already trained: found, not retrained
