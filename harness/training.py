@@ -122,7 +122,7 @@ def checkpoint_dir(
     identity = {
         "editor": editor,
         "model": model_id,
-        "data": describe(data),
+        "data": [data.name, len(data.examples), sorted(data.files.values())],  # contents, not paths
         "hparams": training_hparams(hparams),
         "extra": extra or {},
     }
