@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.models import directory_fingerprint, file_sha256
 
@@ -101,7 +102,8 @@ class TransformerEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
         vectors = torch.empty((len(texts), self.model.config.hidden_size))
-        for start in range(0, len(order), self.batch_size):
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc=f"embedding with {self.name}", unit="batch", disable=len(starts) < 10):
             chunk = order[start : start + self.batch_size]
             batch = self.tokenizer(
                 [texts[i] for i in chunk],
