@@ -158,6 +158,7 @@ class EditorContext:
     model_name: str = ""  # as the user named it (for messages); model_id is its content hash
     languages: tuple[str, ...] = ()
     training_set: str = ""  # the task's training data in its edit language (a registered name)
+    templates: Any = None  # the run's Templates: what an editor renders through it is hashed into results
 
 
 class Editor(Protocol):

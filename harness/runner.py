@@ -159,6 +159,7 @@ def run(
         model_name=cfg.model,
         languages=tuple(task_obj.languages),
         training_set=getattr(task_obj, "training_set", ""),
+        templates=templates,
     )
     prepare_started = time.perf_counter()
     editor_obj.prepare(loaded.model, loaded.tokenizer, context)

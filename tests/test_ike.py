@@ -14,6 +14,7 @@ from harness import config, plugins
 from harness.api import EditorContext, EditRequest, TrainingExample
 from harness.hookspecs import hookimpl
 from harness.models import load_model
+from harness.templates import Templates
 from harness_plugins.methods.ike import encoders
 from harness_plugins.methods.ike.demonstrations import quotas
 from harness_plugins.methods.ike.editor import IKE, IKEHparams
@@ -102,16 +103,18 @@ def pools(register_plugin, tmp_path):
     return made
 
 
-def prepared(tmp_path, training_set="pool_en", **hparams) -> IKE:
+def prepared(tmp_path, training_set="pool_en", templates=None, **hparams) -> IKE:
     editor = IKE(IKEHparams(**{"encoder": "char-ngram", "probe_cache": False, **hparams}))
-    context = EditorContext(cache_dir=tmp_path / "cache", training_set=training_set)
+    context = EditorContext(cache_dir=tmp_path / "cache", training_set=training_set, templates=templates)
     editor.prepare(None, None, context)
     return editor
 
 
 def test_demonstration_block_golden(pools, tmp_path, tiny_llama):
-    editor = prepared(tmp_path, k=3)
+    templates = Templates()  # the run's: it records the hashes of what the editor renders
+    editor = prepared(tmp_path, templates=templates, k=3)
     edit = editor.apply(tiny_llama.model, tiny_llama.tokenizer, [LANGUAGE])
+    assert set(templates.used) == {"ike/demonstration.jinja", "ike/probe.jinja"}
     assert edit.wrap_prompt("What is Jean Dupont's mother tongue?") == (
         "New Fact: What is the native language of Christiane Cohendy? French\n"
         "Prompt: What's Christiane Cohendy's mother tongue? French\n\n"

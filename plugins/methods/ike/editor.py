@@ -107,12 +107,14 @@ class IKE:
 
     def __init__(self, hparams: IKEHparams):
         self.hparams = hparams
-        self.templates = Templates()
+        self.templates = Templates()  # the run's, once prepared
         self.index: DemonstrationIndex | None = None
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         """Build the pool's demonstrations and their vectors (cached on disk)."""
         hp = self.hparams
+        if context.templates is not None:
+            self.templates = context.templates
         data = load_training_set(hp.train_data or context.training_set, context.data_dir, self.name)
         pool = data.examples[: hp.pool_size or None]
         demonstrations = build(pool, lambda **fields: self.templates.render(DEMONSTRATION, **fields))
