@@ -92,3 +92,22 @@ def test_kn_edits_chosen_neurons_on_gemma(direction, gemma, data_dir, tmp_path):
         assert sample["edit_info"]["old_token"].strip()  # a visible token, not a newline
     reliability = [p for s in samples for p in s["probes"] if p["property"] == "reliability"]
     assert any(p["post"] != p["pre"] for p in reliability)  # the edit reached the answers
+
+
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_ike_edits_in_context_on_gemma(direction, gemma, data_dir, tmp_path):
+    # a 1,000-record pool keeps the one-off MiniLM embedding of the pool short
+    results = _run("ike", direction, data_dir, tmp_path, overrides={"pool_size": 1000})
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    assert len(post) == 14
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= 90 and post[reliability] >= pre[reliability] + 40, (pre, post)
+    assert {"ike/demonstration.jinja", "ike/probe.jinja"} <= set(results["templates"])
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    encoder = "minilm" if language == "en" else "char-ngram"  # MiniLM covers English pools only
+    for sample in samples:
+        info = sample["edit_info"]
+        assert sample["touched"] == []  # no weight changed
+        assert info["encoder"] == encoder and info["demonstrations"] == len(info["neighbours"]) == 32
+        assert info["prefix_tokens"] > 512  # past gemma3-270m's sliding window
