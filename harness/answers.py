@@ -107,6 +107,38 @@ def scored_positions(
     return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class TargetBatch:
+    """Padded inputs and the (row, position) pairs whose outputs should predict ``targets``: the unit
+    of every teacher-forced training loss (fine-tuning, MEND's edit gradient, SERAC's counterfactual)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    targets: torch.Tensor
+    count: int  # pairs (rows of the batch)
+
+    @classmethod
+    def of(cls, tokenizer: Any, pairs: list[tuple[str, str]]) -> TargetBatch:
+        """``prompt + " " + target`` per pair, each target token scored after the token before it."""
+        encoded = [(prompt_ids(tokenizer, p), target_ids(tokenizer, t)) for p, t in pairs]
+        ids, mask = pad_batch([p + t for p, t in encoded], tokenizer.pad_token_id)
+        rows, cols = scored_positions([len(p) for p, _ in encoded], [len(t) for _, t in encoded])
+        targets = torch.tensor([tok for _, t in encoded for tok in t])
+        return cls(ids, mask, rows, cols, targets, len(pairs))
+
+    def logits(self, model: torch.nn.Module) -> torch.Tensor:
+        """Float logits at the scored positions, (target tokens, vocabulary)."""
+        return output_logits(model, final_hidden(model, self.ids, self.mask)[self.rows, self.cols]).float()
+
+    def nll_per_pair(self, model: torch.nn.Module) -> torch.Tensor:
+        """Mean NLL of each pair's target tokens, (count,)."""
+        nll = torch.nn.functional.cross_entropy(self.logits(model), self.targets, reduction="none")
+        counts = torch.bincount(self.rows, minlength=self.count).float()
+        return torch.zeros(self.count).index_add(0, self.rows, nll) / counts
+
+
 def _batches(order: list[int], size: int):
     for start in range(0, len(order), size):
         yield order[start : start + size]

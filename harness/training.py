@@ -256,18 +256,21 @@ def train_loop(
     step: Callable[[int], dict[str, float]],
     validate: Callable[[], dict[str, float]],
     state: Callable[[], dict[str, Any]],
-    restore: Callable[[dict[str, Any]], None],
+    load: Callable[[dict[str, Any]], None],
+    optimiser: torch.optim.Optimizer,
     description: str,
     baseline: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Run ``step(i)`` for the steps not yet done; validate, log and save progress every ``every``
-    steps and at the end. A fresh start first logs step 0: validation before any training, with
-    ``baseline`` (e.g. metrics of an earlier phase). Returns the last metrics line."""
+) -> dict[str, dict[str, Any]]:
+    """Run ``step(i)`` for the steps not yet done; validate, log and save progress (``state()`` and
+    the optimiser's state) every ``every`` steps and at the end. A fresh start first logs step 0:
+    validation before any training, with ``baseline`` (e.g. metrics of an earlier phase); a resumed
+    one ``load``s the saved state. Returns the first and the last metrics lines."""
     resumed = session.resume()
     first = 0
     if resumed is not None:
         first, saved = resumed
-        restore(saved)
+        load(saved["trained"])
+        optimiser.load_state_dict(saved["optimiser"])
     else:
         session.log(0, **(baseline or {}), **validate())
     with tqdm(total=steps, initial=first, desc=description, unit="step", disable=not session.progress) as bar:
@@ -277,6 +280,7 @@ def train_loop(
             bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
             if (index + 1) % every == 0 or index + 1 == steps:
                 session.log(index + 1, **losses, **validate())
-                session.save_progress(index + 1, state())  # after the log: a resume redoes lost lines
+                # after the log: a resume redoes lost lines
+                session.save_progress(index + 1, {"trained": state(), "optimiser": optimiser.state_dict()})
     found = session.metrics()
-    return found[-1] if found else {}
+    return {"before": found[0], "final": found[-1]}

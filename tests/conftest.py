@@ -74,9 +74,30 @@ def register_plugin():
 
 
 COUNTRIES = [
-    "Zorbania", "Quellia", "Trovik", "Malgor", "Pentaris", "Ulvund", "Kessary", "Brontavia", "Oskelund",
-    "Varnhold", "Ithmar", "Cadrena", "Felmoor", "Durvana", "Sollace", "Yrkesh", "Hallowen", "Nimbrel",
-    "Graskov", "Tellurin", "Avondel", "Morwick", "Estrava", "Ribbonsea",
+    "Zorbania",
+    "Quellia",
+    "Trovik",
+    "Malgor",
+    "Pentaris",
+    "Ulvund",
+    "Kessary",
+    "Brontavia",
+    "Oskelund",
+    "Varnhold",
+    "Ithmar",
+    "Cadrena",
+    "Felmoor",
+    "Durvana",
+    "Sollace",
+    "Yrkesh",
+    "Hallowen",
+    "Nimbrel",
+    "Graskov",
+    "Tellurin",
+    "Avondel",
+    "Morwick",
+    "Estrava",
+    "Ribbonsea",
 ]
 CITIES = ["Ostberg", "Lunaris", "Parvel", "Kirrin", "Dovetta", "Salmund", "Greyfall", "Thessal"]
 UNRELATED = [

@@ -5,23 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.answers import TargetBatch
 from harness.api import EditorContext, EditRequest
 from harness.runner import train
-from harness_plugins.methods.mend.editor import MEND, MENDHparams, per_pair_nll, token_gradients
+from harness_plugins.methods.mend.editor import MEND, MENDHparams, token_gradients
 
 REQUEST = EditRequest("The capital of Zorbania is", "Ostberg", "Zorbania", "en")
 OTHER = EditRequest("The capital of Quellia is", "Parvel", "Quellia", "en")
 
 
 def _fine_tuning_gradients(model, tokenizer, mend: MEND, requests) -> dict[str, torch.Tensor]:
-    from harness_plugins.methods.mend.editor import _nll_pairs
-
-    ids, mask, rows, cols, targets = _nll_pairs(tokenizer, [(r.prompt, r.target) for r in requests])
+    batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests])
     weights = [model.get_parameter(name) for name in mend.modules]
     with torch.enable_grad():
         for weight in weights:
             weight.requires_grad_(True)
-        loss = per_pair_nll(model, ids, mask, rows, cols, targets, len(requests)).sum()
+        loss = batch.nll_per_pair(model).sum()
         grads = torch.autograd.grad(loss, weights)
     for weight in weights:
         weight.requires_grad_(False)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, scored_positions, target_ids
+from harness.answers import TargetBatch, pad_batch, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 
@@ -48,19 +48,20 @@ class FTMHparams(FTHparams):
     objective: str = "masked"
 
 
-def _batch(tokenizer, requests: list[EditRequest], objective: str):
-    """Padded inputs plus the (row, position) pairs that predict each target token, and those tokens."""
+def _batch(tokenizer, requests: list[EditRequest], objective: str) -> TargetBatch:
+    """Masked: each target token after the one before it; last_position: every target token is
+    scored at the prompt's last position (FT-L)."""
+    if objective == "masked":
+        return TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests])
     prompts = [prompt_ids(tokenizer, r.prompt) for r in requests]
     targets = [target_ids(tokenizer, r.target) for r in requests]
-    lengths = [len(t) for t in targets]
-    if objective == "masked":
-        ids, mask = pad_batch([p + t for p, t in zip(prompts, targets)], tokenizer.pad_token_id)
-        rows, cols = scored_positions([len(p) for p in prompts], lengths)
-    else:
-        ids, mask = pad_batch(prompts, tokenizer.pad_token_id)
-        rows = torch.arange(len(requests)).repeat_interleave(torch.tensor(lengths))
-        cols = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(torch.tensor(lengths))
-    return ids, mask, rows, cols, torch.tensor([tok for t in targets for tok in t])
+    lengths = torch.tensor([len(t) for t in targets])
+    ids, mask = pad_batch(prompts, tokenizer.pad_token_id)
+    rows = torch.arange(len(requests)).repeat_interleave(lengths)
+    cols = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(lengths)
+    return TargetBatch(
+        ids, mask, rows, cols, torch.tensor([tok for t in targets for tok in t]), len(requests)
+    )
 
 
 class FT:
@@ -88,18 +89,13 @@ class FT:
         names = [architecture(model).mlp_out_weight(layer) for layer in sorted(set(hp.layers))]
         edit = Edit.snapshot(model, names)
         weights = [model.get_parameter(name) for name in names]
-        ids, mask, rows, cols, targets = _batch(tokenizer, requests, hp.objective)
-        counts = torch.bincount(rows, minlength=len(requests)).float()
+        batch = _batch(tokenizer, requests, hp.objective)
         optimiser = torch.optim.Adam(weights, lr=hp.lr)
         for weight in weights:
             weight.requires_grad_(True)
         try:
             for step in range(hp.steps + 1):  # the extra pass only measures the final loss
-                hidden = final_hidden(model, ids, mask)[rows, cols]
-                nll = torch.nn.functional.cross_entropy(
-                    output_logits(model, hidden).float(), targets, reduction="none"
-                )
-                loss = (torch.zeros(len(requests)).index_add(0, rows, nll) / counts).mean()
+                loss = batch.nll_per_pair(model).mean()
                 if loss.item() < hp.stop_loss or step == hp.steps:
                     break
                 optimiser.zero_grad()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, scored_positions, target_ids
+from harness.answers import TargetBatch, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
 from harness.training import TrainingSession, TrainingSettings, batch_indices, train_loop, trained_state
@@ -93,27 +93,12 @@ class TokenGradients:
     loss: float
 
 
-def _nll_pairs(tokenizer, pairs: list[tuple[str, str]]):
-    encoded = [(prompt_ids(tokenizer, p), target_ids(tokenizer, t)) for p, t in pairs]
-    ids, mask = pad_batch([p + t for p, t in encoded], tokenizer.pad_token_id)
-    rows, cols = scored_positions([len(p) for p, _ in encoded], [len(t) for _, t in encoded])
-    targets = torch.tensor([tok for _, t in encoded for tok in t])
-    return ids, mask, rows, cols, targets
-
-
-def per_pair_nll(model, ids, mask, rows, cols, targets, count: int) -> torch.Tensor:
-    """Mean NLL of each pair's target tokens, (count,)."""
-    logits = output_logits(model, final_hidden(model, ids, mask)[rows, cols]).float()
-    nll = F.cross_entropy(logits, targets, reduction="none")
-    return torch.zeros(count).index_add(0, rows, nll) / torch.bincount(rows, minlength=count).float()
-
-
 def token_gradients(
     model, tokenizer, pairs: list[tuple[str, str]], modules: dict[str, str]
 ) -> TokenGradients:
     """Inputs and output gradients of each module in ``modules`` (weight name -> module name) for the
     summed per-pair mean NLL of ``pairs`` (so a batch of edits is the sum of single edits)."""
-    ids, mask, rows, cols, targets = _nll_pairs(tokenizer, pairs)
+    batch = TargetBatch.of(tokenizer, pairs)
     inputs, zeros, handles = {}, {}, []
 
     def tap(name: str):
@@ -128,12 +113,12 @@ def token_gradients(
         handles.append(model.get_submodule(module_name).register_forward_hook(tap(weight_name)))
     try:
         with torch.enable_grad():
-            loss = per_pair_nll(model, ids, mask, rows, cols, targets, len(pairs)).sum()
+            loss = batch.nll_per_pair(model).sum()
             grads = torch.autograd.grad(loss, [zeros[n] for n in modules])
     finally:
         for handle in handles:
             handle.remove()
-    real = mask.bool()
+    real = batch.mask.bool()
     return TokenGradients(
         x={n: inputs[n][real].float() for n in modules},
         delta={n: g[real].float() for n, g in zip(modules, grads)},
@@ -240,13 +225,6 @@ class MEND:
             optimiser.step()
             return {"edit_nll": edit_loss.item(), "locality_kl": locality.item()}
 
-        def state() -> dict[str, Any]:
-            return {**self._state(), "optimiser": optimiser.state_dict()}
-
-        def restore(saved: dict[str, Any]) -> None:
-            self._load(saved)
-            optimiser.load_state_dict(saved["optimiser"])
-
         validation = session.validation[: hp.validation_examples]
 
         def validate() -> dict[str, float]:
@@ -261,11 +239,12 @@ class MEND:
                 **{f"step_size_{i}": p.item() for i, p in self.step_sizes.items()},
             }
 
-        final = train_loop(session, hp.steps, hp.validate_every, step, validate, state, restore, "mend")
-        before = session.metrics()[0]
+        metrics = train_loop(
+            session, hp.steps, hp.validate_every, step, validate, self._state, self._load, optimiser, "mend"
+        )
         return session.finish(
             self._state(),
-            {"before": before, "final": final, "edited": list(self.modules), "rank": hp.rank},
+            {**metrics, "edited": list(self.modules), "rank": hp.rank},
         )
 
     def _standardise(self, model, tokenizer, examples: list[TrainingExample]) -> None:

@@ -21,16 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from harness.answers import (
-    Answer,
-    final_hidden,
-    output_logits,
-    pad_batch,
-    prompt_ids,
-    read_answers,
-    scored_positions,
-    target_ids,
-)
+from harness.answers import Answer, TargetBatch, pad_batch, prompt_ids, read_answers
 from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
 from harness.templates import Templates
@@ -79,7 +70,8 @@ def pooled_states(model, tokenizer, texts: list[str], layer: int, batch_size: in
     target = model.get_submodule(architecture(model).layer(layer))
     pooled = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = pad_batch([prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]], 0)
+        chunk = [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]]
+        ids, mask = pad_batch(chunk, tokenizer.pad_token_id)
         (hidden,) = run_until(model, ids, mask, [target], "output")
         weights = mask.clone()
         if tokenizer.bos_token_id is not None:
@@ -138,12 +130,9 @@ def trainable_state(small: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def answer_loss(model, tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL of each target given its prompt, teacher-forced argmax == target per target token)."""
-    encoded = [(prompt_ids(tokenizer, p), target_ids(tokenizer, t)) for p, t in pairs]
-    ids, mask = pad_batch([p + t for p, t in encoded], tokenizer.pad_token_id)
-    rows, cols = scored_positions([len(p) for p, _ in encoded], [len(t) for _, t in encoded])
-    targets = torch.tensor([tok for _, t in encoded for tok in t])
-    logits = output_logits(model, final_hidden(model, ids, mask)[rows, cols]).float()
-    return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float()
+    batch = TargetBatch.of(tokenizer, pairs)
+    logits = batch.logits(model)
+    return F.cross_entropy(logits, batch.targets), (logits.argmax(-1) == batch.targets).float()
 
 
 class SERACEdit(Edit):
@@ -279,31 +268,23 @@ class SERAC:
             self.counterfactual.eval()
             return {"loss": loss.item()}
 
-        def state() -> dict[str, Any]:
-            return {**self._state(), "optimiser": optimiser.state_dict()}
-
-        def restore(saved: dict[str, Any]) -> None:
-            self._load(saved)
-            optimiser.load_state_dict(saved["optimiser"])
-
-        final = train_loop(
+        metrics = train_loop(
             session,
             hp.steps,
             hp.validate_every,
             step,
             self._validate_counterfactual(session),
-            state,
-            restore,
+            self._state,
+            self._load,
+            optimiser,
             "serac counterfactual",
             baseline=scope,
         )
-        first = session.metrics()[0]
         return session.finish(
             self._state(),
             {
-                "classifier": {k: v for k, v in first.items() if k.startswith("scope")},
-                "before": first,
-                "final": final,
+                "classifier": {k: v for k, v in metrics["before"].items() if k.startswith("scope")},
+                **metrics,
                 "counterfactual_model": f"first {hp.counterfactual_layers} layers of the base model",
             },
         )
