@@ -3,6 +3,7 @@ train, checkpoints in the cache keyed by everything they depend on."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -260,27 +261,57 @@ def train_loop(
     optimiser: torch.optim.Optimizer,
     description: str,
     baseline: dict[str, float] | None = None,
+    select: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``step(i)`` for the steps not yet done; validate, log and save progress (``state()`` and
     the optimiser's state) every ``every`` steps and at the end. A fresh start first logs step 0:
     validation before any training, with ``baseline`` (e.g. metrics of an earlier phase); a resumed
-    one ``load``s the saved state. Returns the first and the last metrics lines."""
+    one ``load``s the saved state. With ``select`` (a validation metric, lower is better) the state
+    of the best validation, step 0 included, is kept and ``load``ed at the end, so a late divergence
+    cannot spoil the checkpoint. Returns the first, the last and the selected metrics lines."""
     resumed = session.resume()
-    first = 0
+    first, best = 0, None
     if resumed is not None:
         first, saved = resumed
         load(saved["trained"])
         optimiser.load_state_dict(saved["optimiser"])
+        best = saved["best"]
     else:
-        session.log(0, **(baseline or {}), **validate())
+        line = validate()
+        session.log(0, **(baseline or {}), **line)
+        best = _better(best, select, 0, line, state)
     with tqdm(total=steps, initial=first, desc=description, unit="step", disable=not session.progress) as bar:
         for index in range(first, steps):
             losses = step(index)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
             if (index + 1) % every == 0 or index + 1 == steps:
-                session.log(index + 1, **losses, **validate())
+                line = validate()
+                session.log(index + 1, **losses, **line)
+                best = _better(best, select, index + 1, line, state)
                 # after the log: a resume redoes lost lines
-                session.save_progress(index + 1, {"trained": state(), "optimiser": optimiser.state_dict()})
+                progress = {"trained": state(), "optimiser": optimiser.state_dict(), "best": best}
+                session.save_progress(index + 1, progress)
     found = session.metrics()
-    return {"before": found[0], "final": found[-1]}
+    lines = {"before": found[0], "final": found[-1]}
+    if best is not None:
+        load(best["state"])
+        lines["selected"] = next(m for m in found if m["step"] == best["step"])
+    return lines
+
+
+def _better(
+    best: dict[str, Any] | None,
+    select: str | None,
+    step: int,
+    line: dict[str, float],
+    state: Callable[[], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The kept best state after a validation: a copy of ``state()`` if ``line[select]`` beats it."""
+    if select is None:
+        return None
+    if select not in line:
+        raise KeyError(f"select={select!r} is not a validation metric; have {sorted(line)}")
+    if best is not None and not line[select] < best["value"]:
+        return best
+    return {"step": step, "value": line[select], "state": copy.deepcopy(state())}

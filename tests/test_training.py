@@ -108,7 +108,7 @@ def test_a_killed_training_resumes_to_the_same_checkpoint(
 
     assert saves == [4, 8]
     first, second = _checkpoint(straight), _checkpoint(resumed)
-    for part in ("transforms", "step_sizes"):
+    for part in ("transforms", "log_step_sizes"):
         assert first[part].keys() == second[part].keys()
         assert all(torch.equal(first[part][k], second[part][k]) for k in first[part])
     log = (Path(resumed["checkpoint"]).parent / "metrics.jsonl").read_text().splitlines()
@@ -117,3 +117,55 @@ def test_a_killed_training_resumes_to_the_same_checkpoint(
     assert resumed["train_examples"] == 20 and resumed["validation_examples"] == 4
     again = train("mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False)
     assert again["checkpoint"] == resumed["checkpoint"]  # already trained: found, not retrained
+
+
+def _scalar_loop(session, steps: int) -> tuple[dict, torch.nn.Parameter]:
+    """A one-parameter run whose validation loss |x - 3| is best at step 3 and worse after."""
+    x = torch.nn.Parameter(torch.zeros(()))
+    optimiser = torch.optim.SGD([x], lr=1.0)
+
+    def step(index: int) -> dict[str, float]:
+        optimiser.zero_grad()
+        (-x).backward()  # gradient -1: x grows by exactly 1 per step
+        optimiser.step()
+        return {"x": x.item()}
+
+    lines = training.train_loop(
+        session,
+        steps,
+        1,
+        step,
+        lambda: {"distance": abs(x.item() - 3.0)},
+        lambda: {"x": x.detach()},
+        lambda state: x.data.copy_(state["x"]),
+        optimiser,
+        "scalar",
+        select="distance",
+    )
+    return lines, x
+
+
+def test_train_loop_keeps_the_best_validation_state_across_a_resume(tmp_path, monkeypatch):
+    (tmp_path / "straight").mkdir()
+
+    def session() -> training.TrainingSession:
+        return training.TrainingSession(tmp_path, train=[], validation=[], progress=False)
+
+    straight, x = _scalar_loop(training.TrainingSession(tmp_path / "straight", [], [], progress=False), 6)
+    assert x.item() == 3.0  # the state of step 3, not of step 6
+    assert straight["selected"]["step"] == 3 and straight["final"]["step"] == 6
+
+    original = training.TrainingSession.save_progress
+
+    def die_after_step_5(self, step, state):
+        original(self, step, state)
+        if step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.TrainingSession, "save_progress", die_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _scalar_loop(session(), 6)
+    monkeypatch.setattr(training.TrainingSession, "save_progress", original)
+    resumed, x = _scalar_loop(session(), 6)
+    assert x.item() == 3.0
+    assert resumed["selected"]["step"] == 3 and [m["step"] for m in session().metrics()] == list(range(7))

@@ -279,6 +279,7 @@ class SERAC:
             optimiser,
             "serac counterfactual",
             baseline=scope,
+            select="val_nll",
         )
         return session.finish(
             self._state(),
