@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -66,7 +68,7 @@ def test_a_batch_edit_of_a_fresh_hypernetwork_is_the_sum_of_single_edits(fresh_m
 def test_apply_writes_the_change_and_restore_is_bit_exact(fresh_mend, tiny_llama):
     model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
     before = {n: p.clone() for n, p in model.named_parameters()}
-    fresh_mend.step_sizes["0"].data.fill_(0.5)
+    fresh_mend.log_step_sizes["0"].data.fill_(math.log(0.5))
     edit = fresh_mend.apply(model, tokenizer, [REQUEST])
     assert edit.touched == sorted(fresh_mend.modules)
     moved = (
@@ -86,7 +88,8 @@ def test_short_training_lowers_the_edit_loss_on_held_out_records(tiny_llama, syn
         "steps": "60",
         "validate_every": "30",
         "lr": "1e-3",
-        "step_size_lr": "1e-2",
+        "step_size_lr": "1e-1",
+        "step_size": "1e-1",
         "norm_examples": "10",
     }
     summary = train("mend", train_data="synthetic_en", model="tiny-llama", overrides=settings, progress=False)
@@ -97,11 +100,14 @@ def test_short_training_lowers_the_edit_loss_on_held_out_records(tiny_llama, syn
 
     mend = MEND(
         MENDHparams(
-            **{k: (float(v) if "lr" in k else int(v)) for k, v in settings.items()}, train_data="synthetic_en"
+            **{k: (float(v) if k.startswith(("lr", "step_size")) else int(v)) for k, v in settings.items()},
+            train_data="synthetic_en",
         )
     )
     context = EditorContext(
         cache_dir=None, model_id=tiny_llama.identity["sha256"], training_set="synthetic_en"
     )
     mend.prepare(tiny_llama.model, tiny_llama.tokenizer, context)
-    assert mend.step_sizes["0"].item() == pytest.approx(after["step_size_0"])
+    selected = summary["selected"]  # the best validation loss, step 0 included
+    assert selected["val_loss"] == min(m["val_loss"] for m in (before, after, selected))
+    assert mend.log_step_sizes["0"].exp().item() == pytest.approx(selected["step_size_0"])

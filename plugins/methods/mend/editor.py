@@ -5,7 +5,10 @@ For a linear map W with input x_t and output gradient delta_t at token t, the fi
 sum_t delta_t x_t^T. Per edited matrix, a small network maps each (x_t, delta_t) to (x~_t, delta~_t)
 and the edit is W <- W - alpha * sum_t delta~_t x~_t^T with a learned step size alpha per matrix. The
 network works on standardised inputs, maps back to the original scale, and starts as the identity, so
-an untrained MEND is one step of plain gradient descent with step size alpha. Training minimises
+an untrained MEND is one step of plain gradient descent with step size alpha. alpha is learned as
+log(alpha): Adam moves a parameter by about its learning rate per step, which for a raw alpha of
+1e-4 means swinging through zero; in log space the same rate is a bounded relative change. Training
+minimises
 edit_coef * NLL(target | rephrase) on the edited model + loc_coef * KL(unedited || edited) on an
 unrelated question. Edited matrices: the MLP output matrices of the last layers (``layers``).
 """
@@ -38,12 +41,13 @@ class MENDHparams(TrainingSettings):
     blocks: int = 1  # residual low-rank blocks of the hypernetwork
     step_size: float = 1e-4  # initial alpha of every edited matrix
     steps: int = 200  # training steps, one edit each (about 5 minutes on 2 CPU cores for gemma3-270m)
-    lr: float = 1e-3  # hypernetwork learning rate
-    step_size_lr: float = 1e-3  # learning rate of the alphas
+    lr: float = 3e-4  # hypernetwork learning rate
+    step_size_lr: float = 1e-2  # learning rate of log(alpha)
+    grad_clip: float = 1.0  # max gradient norm per step
     edit_coef: float = 0.1
     loc_coef: float = 1.0
     norm_examples: int = 64  # training edits whose gradients set the standardisation statistics
-    validate_every: int = 50
+    validate_every: int = 25
     validation_examples: int = 20  # held-out examples scored at each validation
 
     def __post_init__(self) -> None:
@@ -51,6 +55,9 @@ class MENDHparams(TrainingSettings):
         for name in ("rank", "blocks", "norm_examples", "validate_every", "validation_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("step_size", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 class GradientTransform(torch.nn.Module):
@@ -136,7 +143,7 @@ class MEND:
     def __init__(self, hparams: MENDHparams):
         self.hparams = hparams
         self.transforms: torch.nn.ModuleDict | None = None
-        self.step_sizes: torch.nn.ParameterDict | None = None
+        self.log_step_sizes: torch.nn.ParameterDict | None = None
         self.modules: dict[str, str] = {}  # edited weight name -> its module
         self.transposed = False
 
@@ -151,12 +158,12 @@ class MEND:
             arch.mlp_out_weight(layer): arch.mlp_out.format(layer) for layer in sorted(set(layers))
         }
         self.transforms = torch.nn.ModuleDict()
-        self.step_sizes = torch.nn.ParameterDict()
+        self.log_step_sizes = torch.nn.ParameterDict()
         for index, weight_name in enumerate(self.modules):
             weight = model.get_parameter(weight_name)
             width_out, width_in = weight.T.shape if self.transposed else weight.shape
             self.transforms[str(index)] = GradientTransform(width_in, width_out, hp.rank, hp.blocks)
-            self.step_sizes[str(index)] = torch.nn.Parameter(torch.tensor(hp.step_size))
+            self.log_step_sizes[str(index)] = torch.nn.Parameter(torch.tensor(hp.step_size).log())
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         self._build(model)
@@ -164,19 +171,25 @@ class MEND:
         self._load(state)
         log.info("mend: loaded checkpoint trained on %s examples", summary.get("train_examples"))
 
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.transforms.parameters(), *self.log_step_sizes.parameters()]
+
     def _state(self) -> dict[str, Any]:
-        return {"transforms": self.transforms.state_dict(), "step_sizes": self.step_sizes.state_dict()}
+        return {
+            "transforms": self.transforms.state_dict(),
+            "log_step_sizes": self.log_step_sizes.state_dict(),
+        }
 
     def _load(self, state: dict[str, Any]) -> None:
         self.transforms.load_state_dict(state["transforms"])
-        self.step_sizes.load_state_dict(state["step_sizes"])
+        self.log_step_sizes.load_state_dict(state["log_step_sizes"])
 
     def weight_changes(self, gradients: TokenGradients) -> dict[str, torch.Tensor]:
         """-alpha * sum_t delta~_t x~_t^T for every edited matrix, laid out like the weight."""
         changes = {}
         for index, name in enumerate(self.modules):
             x, delta = self.transforms[str(index)](gradients.x[name], gradients.delta[name])
-            change = -self.step_sizes[str(index)] * (delta.T @ x)
+            change = -self.log_step_sizes[str(index)].exp() * (delta.T @ x)
             changes[name] = change.T if self.transposed else change
         return changes
 
@@ -212,7 +225,7 @@ class MEND:
         optimiser = torch.optim.Adam(
             [
                 {"params": list(self.transforms.parameters()), "lr": hp.lr},
-                {"params": list(self.step_sizes.parameters()), "lr": hp.step_size_lr},
+                {"params": list(self.log_step_sizes.parameters()), "lr": hp.step_size_lr},
             ]
         )
 
@@ -222,8 +235,9 @@ class MEND:
             loss = hp.edit_coef * edit_loss + hp.loc_coef * locality
             optimiser.zero_grad()
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), hp.grad_clip)
             optimiser.step()
-            return {"edit_nll": edit_loss.item(), "locality_kl": locality.item()}
+            return {"edit_nll": edit_loss.item(), "locality_kl": locality.item(), "grad_norm": norm.item()}
 
         validation = session.validation[: hp.validation_examples]
 
@@ -233,14 +247,25 @@ class MEND:
                 edit_loss, locality = self.losses(model, tokenizer, example)
                 edit_losses.append(edit_loss.item())
                 localities.append(locality.item())
+            edit_loss, locality = sum(edit_losses) / len(edit_losses), sum(localities) / len(localities)
             return {
-                "val_edit_nll": sum(edit_losses) / len(edit_losses),
-                "val_locality_kl": sum(localities) / len(localities),
-                **{f"step_size_{i}": p.item() for i, p in self.step_sizes.items()},
+                "val_loss": hp.edit_coef * edit_loss + hp.loc_coef * locality,
+                "val_edit_nll": edit_loss,
+                "val_locality_kl": locality,
+                **{f"step_size_{i}": p.exp().item() for i, p in self.log_step_sizes.items()},
             }
 
         metrics = train_loop(
-            session, hp.steps, hp.validate_every, step, validate, self._state, self._load, optimiser, "mend"
+            session,
+            hp.steps,
+            hp.validate_every,
+            step,
+            validate,
+            self._state,
+            self._load,
+            optimiser,
+            "mend",
+            select="val_loss",
         )
         return session.finish(
             self._state(),
