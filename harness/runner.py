@@ -274,15 +274,14 @@ def train(
         model_name=cfg.model,
         training_set=data.name,
     )
-    session = training.TrainingSession(directory, train_examples, validation, cfg.seed, progress)
-    summary = editor_obj.train(loaded.model, loaded.tokenizer, session, context)
-    return {
-        **summary,
+    about = {
         "editor": editor,
         "model": loaded.identity,
         "data": training.describe(data),
         "hparams": dataclasses.asdict(hparams),
     }
+    session = training.TrainingSession(directory, train_examples, validation, cfg.seed, progress, about)
+    return editor_obj.train(loaded.model, loaded.tokenizer, session, context)
 
 
 def apply_edit(

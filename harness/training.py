@@ -175,6 +175,7 @@ class TrainingSession:
     validation: list[TrainingExample]
     seed: int = 0
     progress: bool = True
+    about: dict[str, Any] = field(default_factory=dict)  # provenance written into training.json
     elapsed: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
@@ -223,6 +224,7 @@ class TrainingSession:
         parameters = _count_parameters(state)
         summary = {
             **summary,
+            **self.about,
             "train_examples": len(self.train),
             "validation_examples": len(self.validation),
             "training_seconds": round(self.seconds, 1),

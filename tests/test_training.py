@@ -116,7 +116,9 @@ def test_a_killed_training_resumes_to_the_same_checkpoint(
     assert [m["step"] for m in metrics] == [0, 4, 8, 12]
     assert resumed["train_examples"] == 20 and resumed["validation_examples"] == 4
     again = train("mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False)
-    assert again["checkpoint"] == resumed["checkpoint"]  # already trained: found, not retrained
+    # already trained: found, not retrained, with the same summary and provenance
+    assert again == json.loads(json.dumps(resumed))
+    assert again["data"]["name"] == "synthetic_en" and again["editor"] == "mend"
 
 
 def _scalar_loop(session, steps: int) -> tuple[dict, torch.nn.Parameter]:
