@@ -174,6 +174,10 @@ class Editor(Protocol):
     def apply(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
         """Edit the model in place and return an Edit that can restore it."""
 
+    # Optional: ``template_names() -> tuple[str, ...]``, the templates the editor renders. Their
+    # hashes join the run's manifest before ``prepare``, so editing a template starts a new run
+    # instead of resuming an old one.
+
 
 class Task(Protocol):
     """A task variant: named, knows its data files, turns raw data into records."""

@@ -134,6 +134,9 @@ def run(
 
         scoring = AutoTokenizer.from_pretrained(cfg.scoring_tokenizer)
     hparams = dataclasses.asdict(resolved.hparams)
+    editor_obj = editor_class(resolved.hparams)
+    for name in getattr(editor_obj, "template_names", tuple)():
+        templates.hash(name)
     run_config = {
         k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("limit", "output_dir", "threads")
     }
@@ -150,7 +153,6 @@ def run(
     out = Path(cfg.output_dir or Path("results") / _slug(cfg.model) / editor / f"{task}-{digest}")
     check_manifest(out, manifest)
 
-    editor_obj = editor_class(resolved.hparams)
     context = EditorContext(
         cache_dir=cache_dir(),
         seed=cfg.seed,

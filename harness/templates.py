@@ -26,7 +26,7 @@ class Templates:
             autoescape=False,
         )
 
-    def render(self, name: str, **fields) -> str:
+    def _template(self, name: str) -> jinja2.Template:
         try:
             template = self.environment.get_template(name)
         except jinja2.TemplateNotFound:
@@ -34,4 +34,12 @@ class Templates:
         if name not in self.used:
             source, _, _ = self.environment.loader.get_source(self.environment, name)
             self.used[name] = hashlib.sha256(source.encode()).hexdigest()
-        return template.render(**fields)
+        return template
+
+    def hash(self, name: str) -> str:
+        """SHA-256 of a template's source, recorded as used (before anything is rendered with it)."""
+        self._template(name)
+        return self.used[name]
+
+    def render(self, name: str, **fields) -> str:
+        return self._template(name).render(**fields)

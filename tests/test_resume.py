@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -73,3 +74,39 @@ def test_resume_refuses_different_settings(tmp_path, monkeypatch):
     run(output_dir=str(tmp_path), **settings)
     with pytest.raises(ResumeMismatch, match=r"hparams\.steps: 3 -> 4"):
         run(output_dir=str(tmp_path), **{**settings, "overrides": {"steps": 4, "contexts_per_length": 1}})
+
+
+@dataclass(frozen=True)
+class NoHparams:
+    pass
+
+
+class TemplatedEditor:
+    """An editor that renders a template and stops in prepare, to see what run.json holds by then."""
+
+    hparams_class = NoHparams
+
+    def __init__(self, hparams):
+        pass
+
+    def template_names(self) -> tuple[str, ...]:
+        return ("bizsre/question.jinja", "serac/counterfactual.jinja")
+
+    def prepare(self, model, tokenizer, context):
+        raise KeyboardInterrupt
+
+
+def test_editor_templates_are_in_the_manifest_before_prepare(tmp_path, monkeypatch, register_plugin):
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+
+    class Plugin:
+        @hookimpl
+        def register_editors(self, register):
+            register("templated", TemplatedEditor)
+
+    register_plugin(Plugin())
+    with pytest.raises(KeyboardInterrupt):
+        run(**{**SETTINGS, "editor": "templated", "overrides": {}}, output_dir=str(tmp_path))
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert set(manifest["templates"]) == {"bizsre/question.jinja", "serac/counterfactual.jinja"}
+    assert all(len(digest) == 64 for digest in manifest["templates"].values())

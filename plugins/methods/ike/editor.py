@@ -110,6 +110,9 @@ class IKE:
         self.templates = Templates()  # the run's, once prepared
         self.index: DemonstrationIndex | None = None
 
+    def template_names(self) -> tuple[str, ...]:
+        return (DEMONSTRATION, PROBE)
+
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         """Build the pool's demonstrations and their vectors (cached on disk)."""
         hp = self.hparams

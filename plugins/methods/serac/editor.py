@@ -192,9 +192,11 @@ class SERAC:
         self.classifier: ScopeClassifier | None = None
         self.counterfactual: Any = None
 
+    def template_names(self) -> tuple[str, ...]:
+        return (self.hparams.template,)
+
     def checkpoint_extra(self) -> dict[str, str]:
-        self.templates.render(self.hparams.template, edit_prompt="", edit_target="", query="")
-        return {"template_sha256": self.templates.used[self.hparams.template]}
+        return {"template_sha256": self.templates.hash(self.hparams.template)}
 
     def _build(self, model, tokenizer) -> None:
         hp = self.hparams
