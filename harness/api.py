@@ -174,9 +174,22 @@ class Editor(Protocol):
     def apply(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
         """Edit the model in place and return an Edit that can restore it."""
 
+    # Optional: ``modes``, the editing modes it supports (see ``editor_modes``).
     # Optional: ``template_names() -> tuple[str, ...]``, the templates the editor renders. Their
     # hashes join the run's manifest before ``prepare``, so editing a template starts a new run
     # instead of resuming an old one.
+
+
+def editor_modes(editor_class: type) -> tuple[str, ...]:
+    """The editing modes an editor supports: its ``modes`` attribute or, without one, single and
+    sequential, plus batch and batch-sequential if it ``supports_batch``. Accumulating modes keep
+    edits in the weights, so editors whose edits live elsewhere (a context, a memory) declare
+    ``modes`` without them."""
+    declared = getattr(editor_class, "modes", None)
+    if declared is not None:
+        return tuple(declared)
+    batched = ("batch", "batch-sequential") if getattr(editor_class, "supports_batch", False) else ()
+    return ("single", "sequential", *batched)
 
 
 class Task(Protocol):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import plugins
+from harness.api import editor_modes
 from harness.config import EDIT_MODES
 
 
@@ -30,6 +31,7 @@ def _run(args) -> int:
         batch_size=args.batch_size,
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
+        probe_every=args.probe_every,
     )
     print(table(results))
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
@@ -58,7 +60,8 @@ def _train(args) -> int:
 def _ls(args) -> int:
     if args.what == "editors":
         for name, cls in sorted(plugins.editors().items()):
-            print(f"{name:16} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:16} {summary}  [modes: {', '.join(editor_modes(cls))}]")
     elif args.what == "tasks":
         for name, task in sorted(plugins.tasks().items()):
             print(f"{name:32} {task.description}")
@@ -113,8 +116,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="where results.json and samples.jsonl go; reused to resume")
     run.add_argument("--limit", type=int, help="evaluate only the first N records")
     run.add_argument("--seed", type=int)
-    run.add_argument("--mode", choices=list(EDIT_MODES), help="single (default): one edit per record; batch")
-    run.add_argument("--batch-size", type=int, help="records per edit call in --mode batch")
+    run.add_argument(
+        "--mode",
+        choices=list(EDIT_MODES),
+        help="single (default): edit, probe, restore per record; batch: --batch-size records per edit; "
+        "sequential / batch-sequential: keep every edit and probe after the last",
+    )
+    run.add_argument(
+        "--batch-size", type=int, help="records per edit call in batch and batch-sequential mode"
+    )
+    run.add_argument(
+        "--probe-every", type=int, help="sequential modes: also score the records edited so far every N edits"
+    )
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)

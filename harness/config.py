@@ -18,7 +18,9 @@ from typing import Any
 
 from harness.answers import ANSWER_MODES
 
-EDIT_MODES = ("single", "batch")
+EDIT_MODES = ("single", "batch", "sequential", "batch-sequential")
+# modes that keep every edit in force until the end instead of restoring after each
+ACCUMULATING_MODES = ("sequential", "batch-sequential")
 
 PACKAGED_DEFAULTS = Path(__file__).parent / "harness.toml"
 
@@ -37,8 +39,11 @@ class RunConfig:
     limit: int = 0  # 0: every record
     seed: int = 0
     answer_mode: str = "teacher_forced"  # or "generate"
-    mode: str = "single"  # "single": edit, probe, restore per record; "batch": batch_size records per edit
-    batch_size: int = 1  # records per edit call in batch mode
+    # single: edit, probe, restore per record; batch: batch_size records per edit call;
+    # sequential / batch-sequential: the same without restoring, probed after the last edit
+    mode: str = "single"
+    batch_size: int = 1  # records per edit call in batch and batch-sequential mode
+    probe_every: int = 0  # accumulating modes: also probe every n edits (a decay curve); 0: only at the end
     probe_batch_size: int = 16  # probes per forward pass
     scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
     template: str = ""  # empty: the task's own probe template
@@ -49,11 +54,19 @@ class RunConfig:
             raise ConfigError(f"answer_mode: {self.answer_mode!r} is not one of {list(ANSWER_MODES)}")
         if self.mode not in EDIT_MODES:
             raise ConfigError(f"mode: {self.mode!r} is not one of {list(EDIT_MODES)}")
-        for name in ("limit", "batch_size", "probe_batch_size", "threads"):
+        for name in ("limit", "batch_size", "probe_batch_size", "threads", "probe_every"):
             if getattr(self, name) < (1 if "batch_size" in name else 0):
                 raise ConfigError(f"{name}: {getattr(self, name)} is out of range")
-        if self.mode == "single" and self.batch_size != 1:
-            raise ConfigError(f"batch_size: {self.batch_size} edits per call needs mode=batch (--mode batch)")
+        if self.mode in ("single", "sequential") and self.batch_size != 1:
+            raise ConfigError(
+                f"batch_size: {self.batch_size} edits per call needs mode=batch or batch-sequential "
+                f"(mode is {self.mode})"
+            )
+        if self.probe_every and self.mode not in ACCUMULATING_MODES:
+            raise ConfigError(
+                f"probe_every: {self.probe_every} needs an accumulating mode {list(ACCUMULATING_MODES)} "
+                f"(mode is {self.mode}; single and batch modes probe after every edit anyway)"
+            )
 
 
 def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class RunContext:
     cache_dir: Path
     model_fingerprint: str
     edit_batch_size: int = 1  # records per editor.apply call; more than one is batch mode
+    accumulate: bool = False  # keep every edit until the end (sequential, batch-sequential)
+    probe_every: int = 0  # accumulating: also score the records edited so far every n edits
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -36,6 +36,8 @@ def table(results: dict[str, Any], markdown: bool = False) -> str:
         cols = columns(scores)
         header = ["task", "editor", *(f"{SHORT.get(c.split('.')[0], c)} {c.split('.')[1]}" for c in cols)]
         rows.append([task, editor, *(_cell(scores, c) for c in cols)])
+        for point in results.get("decay", [])[:-1]:  # the last point is the row above
+            rows.append([task, f"after {point['edits']} edits", *(_cell(point["results"], c) for c in cols)])
         pre = results.get("pre_edit", {}).get(task)
         if pre:
             rows.append([task, "(unedited)", *(_cell(pre, c) for c in cols)])
@@ -50,4 +52,8 @@ def table(results: dict[str, Any], markdown: bool = False) -> str:
     n = results.get("n-samples", {})
     model = results.get("model", {}).get("spec", "?")
     footer = f"F1 (EM) in percent; model {model}; records: " + ", ".join(f"{t}={c}" for t, c in n.items())
+    editing = results.get("editing", {})
+    if editing.get("mode", "single") != "single":
+        footer += f"; mode {editing['mode']}, batch size {editing['batch_size']}"
+        footer += f", {editing['edits_in_force_when_probed']} edits in force when probed"
     return "\n".join([*lines, footer])

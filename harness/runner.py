@@ -17,10 +17,11 @@ import torch
 
 from harness import config as config_module
 from harness import plugins, training
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Edit, EditorContext, EditRequest, editor_modes
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
 from harness.results import RESULTS, SampleLog, aggregate, check_manifest, edit_timings, write_json
+from harness.sequential import decay_curve, evaluate_accumulating
 from harness.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def run(
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,
     progress: bool = True,
+    probe_every: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``editor`` on ``task`` and return the results dictionary (also in results.json).
 
@@ -101,6 +103,7 @@ def run(
         "seed": seed,
         "mode": mode,
         "batch_size": batch_size,
+        "probe_every": probe_every,
     }
     resolved = config_module.resolve(
         editor_class.hparams_class,
@@ -110,11 +113,11 @@ def run(
         config_file,
     )
     cfg = resolved.run
-    if cfg.mode == "batch" and not getattr(editor_class, "supports_batch", False):
-        batching = sorted(n for n, c in plugins.editors().items() if getattr(c, "supports_batch", False))
+    if cfg.mode not in editor_modes(editor_class):
+        able = sorted(n for n, c in plugins.editors().items() if cfg.mode in editor_modes(c))
         raise config_module.ConfigError(
-            f"--mode batch: editor {editor!r} edits one fact at a time (supports_batch is false); "
-            f"editors that take batches: {batching}"
+            f"--mode {cfg.mode}: editor {editor!r} supports {list(editor_modes(editor_class))}; "
+            f"editors that support {cfg.mode}: {able}"
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -178,11 +181,14 @@ def run(
         answer_mode=cfg.answer_mode,
         probe_batch_size=cfg.probe_batch_size,
         edit_batch_size=cfg.batch_size,
+        accumulate=cfg.mode in config_module.ACCUMULATING_MODES,
+        probe_every=cfg.probe_every,
         output_dir=out,
         cache_dir=cache_dir(),
         model_fingerprint=loaded.identity["sha256"],
     )
-    samples = evaluate(run_context, SampleLog(out), progress=progress)
+    evaluation = evaluate_accumulating if run_context.accumulate else evaluate
+    samples = evaluation(run_context, SampleLog(out), progress=progress)
     results = {
         "results": {task: aggregate(samples, "post")},
         "pre_edit": {task: aggregate(samples, "pre")},
@@ -195,6 +201,13 @@ def run(
             "template": template,
         },
         "config": dataclasses.asdict(cfg),
+        "editing": {
+            "mode": cfg.mode,
+            "batch_size": cfg.batch_size,
+            "edits_applied": len(samples),
+            "edits_in_force_when_probed": len(samples) if run_context.accumulate else cfg.batch_size,
+            "probe_every": cfg.probe_every,
+        },
         "hparams": hparams,
         "hparams_sources": resolved.sources,
         "model": loaded.identity,
@@ -214,6 +227,8 @@ def run(
         },
         "output_dir": str(out),
     }
+    if run_context.accumulate:
+        results["decay"] = decay_curve(out)
     write_json(out / RESULTS, results)
     plugins.pm.hook.after_run(results=results, run=run_context)
     return results

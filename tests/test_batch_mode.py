@@ -108,5 +108,6 @@ def test_single_edit_editor_in_batch_mode_is_a_clear_error(tmp_path, calls):
             **{**SETTINGS, "editor": "rome"},
         )
     message = str(info.value)
-    assert "editor 'rome' edits one fact at a time" in message
-    assert "'ft-m'" in message and "'memit'" in message and "'kn'" not in message.split("batches:")[1]
+    assert "editor 'rome' supports ['single', 'sequential']" in message
+    able = message.split("editors that support batch:")[1]
+    assert "'ft-m'" in able and "'memit'" in able and "'kn'" not in able

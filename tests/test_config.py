@@ -279,7 +279,17 @@ def test_edit_modes_are_validated(config_file):
     assert go(config_file).run.mode == "single" and go(config_file).run.batch_size == 1
     with pytest.raises(ConfigError, match=r"batch_size: 16 edits per call needs mode=batch"):
         go(config_file, {"batch_size": "16"})
-    with pytest.raises(ConfigError, match=r"mode: 'sequential' is not one of \['single', 'batch'\]"):
-        go(config_file, {"mode": "sequential"})
+    with pytest.raises(
+        ConfigError, match=r"mode: 'serial' is not one of \['single', 'batch', 'sequential', "
+    ):
+        go(config_file, {"mode": "serial"})
+    resolved = go(config_file, {"mode": "batch-sequential", "batch_size": "4", "probe_every": "8"})
+    assert (resolved.run.mode, resolved.run.batch_size, resolved.run.probe_every) == (
+        "batch-sequential",
+        4,
+        8,
+    )
+    with pytest.raises(ConfigError, match=r"probe_every: -1 is out of range"):
+        go(config_file, {"mode": "sequential", "probe_every": "-1"})
     with pytest.raises(ConfigError, match=r"batch_size: 0 is out of range"):
         go(config_file, {"mode": "batch", "batch_size": "0"})

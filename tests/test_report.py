@@ -66,3 +66,19 @@ def test_table_cells_and_rows():
     assert lines[-1] == "F1 (EM) in percent; model gemma3-270m; records: bizsre_en_zh=743"
     markdown = table(results, markdown=True).splitlines()
     assert markdown[0].startswith("| task | editor | rel en | gen en |") and markdown[1].startswith("|---|")
+
+
+def test_sequential_runs_show_their_decay_points_and_mode():
+    early = {**SCORES, "reliability.en.f1": 95.0, "reliability.en.em": 90.0}
+    results = {
+        "editor": "rome",
+        "results": {"bizsre_en_zh": SCORES},
+        "decay": [{"edits": 25, "results": early}, {"edits": 50, "results": SCORES}],
+        "editing": {"mode": "sequential", "batch_size": 1, "edits_in_force_when_probed": 50},
+        "n-samples": {"bizsre_en_zh": 50},
+    }
+    lines = table(results).splitlines()
+    assert lines[2].split()[:4] == ["bizsre_en_zh", "rome", "77.65", "(67.98)"]
+    assert lines[3].split()[:6] == ["bizsre_en_zh", "after", "25", "edits", "95.00", "(90.00)"]
+    assert len(lines) == 5  # header, rule, final row, one decay row (the last point is the final row), footer
+    assert lines[-1].endswith("; mode sequential, batch size 1, 50 edits in force when probed")

@@ -104,6 +104,7 @@ class IKE:
     name = "ike"
     hparams_class: type[IKEHparams] = IKEHparams
     supports_batch = False
+    modes = ("single",)  # one fact in the context at a time
 
     def __init__(self, hparams: IKEHparams):
         self.hparams = hparams

@@ -181,6 +181,7 @@ class SERAC:
     name = "serac"
     hparams_class = SERACHparams
     supports_batch = True
+    modes = ("single", "batch")  # edits live in a memory, not the weights: nothing to accumulate there
 
     def __init__(self, hparams: SERACHparams):
         self.hparams = hparams
