@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.answers import Answer
-from harness.api import Edit, Record, RestoreError
+from harness.api import Edit, Record
 from harness.evaluator import RunContext, _check_grouping, _sample, batches, pre_edit_answers
 from harness.plugins import pm
 from harness.results import SampleLog, aggregate
@@ -82,13 +82,7 @@ class Accumulated:
 
     def restore(self, model: torch.nn.Module) -> None:
         """Every touched tensor back to its value before the first edit, checked bit for bit."""
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.original.items():
-                params[name].copy_(value)
-        bad = [name for name, value in self.original.items() if not torch.equal(params[name], value)]
-        if bad:
-            raise RestoreError(f"restore left these tensors different from the original: {bad}")
+        Edit(model, self.original).restore()
 
 
 def _check_prefix(planned: list[list[Record]], state: Accumulated, output_dir: Path) -> None:

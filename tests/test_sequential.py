@@ -83,7 +83,8 @@ def test_sequential_edits_accumulate_and_the_originals_come_back_at_the_end(tmp_
     assert first  # the first edit is in force when the second starts
     assert first <= _differs(original, before_third)  # and still when the third starts
     assert _differs(before_second, before_third)  # the second edit changed the weights too
-    assert restores == []  # no restore between edits
+    # one restore, after the last edit, of every tensor any edit touched; none between edits
+    assert restores == [sorted({name for s in _samples(tmp_path) for name in s["touched"]})]
     final = dict(seen.model.named_parameters())
     assert not _differs(original, final)  # the originals, bit for bit, once at the end
     assert results["editing"] == {
