@@ -100,6 +100,14 @@ def cache_dir() -> Path:
     return path
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` that a killed process cannot leave half-written: the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, computed once per process for an unchanged file (size and mtime)."""
     stat = Path(path).stat()

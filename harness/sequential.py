@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from harness.answers import Answer
 from harness.api import Edit, Record
 from harness.evaluator import RunContext, _check_grouping, _sample, batches, pre_edit_answers
+from harness.models import save_atomic
 from harness.plugins import pm
 from harness.results import SampleLog, aggregate
 
@@ -50,10 +51,8 @@ class Accumulated:
         return cls(json.loads(saved["calls"]), saved["original"], saved["current"])
 
     def save(self, output_dir: Path) -> None:
-        path, partial = output_dir / STATE, output_dir / (STATE + ".partial")
         payload = {"calls": json.dumps(self.calls), "original": self.original, "current": self.current}
-        torch.save(payload, partial)
-        os.replace(partial, path)
+        save_atomic(payload, output_dir / STATE)
 
     @property
     def edits(self) -> int:
@@ -158,6 +157,7 @@ def evaluate_accumulating(
                 bar.update(len(batch))
         samples = _probe(run, edit, [r for r in run.records if r.id not in logged], pre)
         by_call = {record_id: call for call in state.calls for record_id in call["records"]}
+        by_id = {record.id: record for record in run.records}
         for sample in samples:
             call = by_call[sample["record_id"]]
             sample.update(
@@ -169,8 +169,7 @@ def evaluate_accumulating(
             if run.edit_batch_size > 1:
                 sample["batch"] = {"records": call["records"], "seconds": call["seconds"]}
             log_file.append(sample)
-            record = next(r for r in run.records if r.id == sample["record_id"])
-            pm.hook.after_edit(request=record.request, sample=sample, run=run)
+            pm.hook.after_edit(request=by_id[sample["record_id"]].request, sample=sample, run=run)
     finally:
         state.restore(run.model)
     (run.output_dir / STATE).unlink(missing_ok=True)

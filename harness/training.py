@@ -7,7 +7,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness import plugins
 from harness.api import TrainingExample
-from harness.models import cache_dir, file_sha256
+from harness.models import cache_dir, file_sha256, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +155,6 @@ def trained_state(
     return torch.load(path, map_location="cpu", weights_only=True), summary
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
-
-
 @dataclass
 class TrainingSession:
     """One editor's training: held-out split, resumable progress, a metrics log, the final checkpoint.
@@ -200,7 +193,7 @@ class TrainingSession:
         return saved["step"], saved["state"]
 
     def save_progress(self, step: int, state: dict[str, Any]) -> None:
-        _atomic_save({"step": step, "elapsed": self.seconds, "state": state}, self.directory / PROGRESS)
+        save_atomic({"step": step, "elapsed": self.seconds, "state": state}, self.directory / PROGRESS)
 
     def log(self, step: int, **metrics: float) -> None:
         line = {"step": step, "seconds": round(self.seconds, 2), **metrics}
@@ -220,7 +213,7 @@ class TrainingSession:
 
     def finish(self, state: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """Write the checkpoint and its summary (time, size, final metrics); drop the progress file."""
-        _atomic_save(state, self.directory / CHECKPOINT)
+        save_atomic(state, self.directory / CHECKPOINT)
         parameters = _count_parameters(state)
         summary = {
             **summary,

@@ -23,6 +23,7 @@ import torch
 
 from harness.answers import Answer, SharedPrefix, answers_after_prefix, prompt_ids
 from harness.api import Edit, EditorContext, EditRequest
+from harness.models import save_atomic
 from harness.templates import Templates
 from harness.training import load_training_set
 from harness_plugins.methods.ike.demonstrations import KINDS, Demonstration, build, nearest, quotas
@@ -153,10 +154,7 @@ class IKE:
                 encoder.name,
                 time.perf_counter() - started,
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            torch.save({"state": encoder.state(), "vectors": vectors}, partial)
-            partial.rename(path)
+            save_atomic({"state": encoder.state(), "vectors": vectors}, path)
         self.index = DemonstrationIndex(demonstrations, vectors, encoder, data.language)
 
     def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
