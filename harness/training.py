@@ -130,9 +130,20 @@ def checkpoint_dir(
     return cache_dir() / "trained" / editor / key
 
 
+def _cli_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def train_command(editor: str, model_name: str, data: TrainingData, hparams: Any) -> str:
+    """The ``harness train`` command whose checkpoint ``hparams`` need: every training hparam that
+    differs from its default goes in as ``--set``, or the checkpoint key would differ."""
     limit = f" --train-limit {hparams.train_limit}" if hparams.train_limit else ""
-    return f"harness train --editor {editor} --model {model_name} --train-data {data.name}{limit}"
+    defaults = training_hparams(type(hparams)())
+    changed = {k: v for k, v in training_hparams(hparams).items() if k != "train_limit" and v != defaults[k]}
+    sets = "".join(f" --set {k}={_cli_value(v)}" for k, v in sorted(changed.items()))
+    return f"harness train --editor {editor} --model {model_name} --train-data {data.name}{limit}{sets}"
 
 
 def trained_state(

@@ -65,6 +65,36 @@ def test_editing_with_an_untrained_editor_says_how_to_train_it(tiny_llama, synth
     )
 
 
+def test_the_suggested_training_command_carries_the_hparams_the_checkpoint_depends_on(
+    tiny_llama, synthetic_training_set
+):
+    context = EditorContext(
+        cache_dir=None,
+        model_id=tiny_llama.identity["sha256"],
+        model_name="tiny-llama",
+        training_set="synthetic_en",
+    )
+    hparams = MENDHparams(train_limit=7, validation_size=4, layers=(0, 1), steps=2, norm_examples=2)
+    with pytest.raises(TrainingRequired) as error:
+        MEND(hparams).prepare(tiny_llama.model, tiny_llama.tokenizer, context)
+    command = str(error.value).splitlines()[-1].strip()
+    assert command == (
+        "harness train --editor mend --model tiny-llama --train-data synthetic_en --train-limit 7 "
+        "--set layers=0,1 --set norm_examples=2 --set steps=2 --set validation_size=4"
+    )
+    # run as printed, it trains exactly the checkpoint the editor looks for
+    overrides = dict(pair.split("=") for pair in command.split(" --set ")[1:])
+    train(
+        "mend",
+        train_data="synthetic_en",
+        train_limit=7,
+        model="tiny-llama",
+        overrides=overrides,
+        progress=False,
+    )
+    MEND(hparams).prepare(tiny_llama.model, tiny_llama.tokenizer, context)
+
+
 def test_editors_that_need_no_training_are_refused_by_train():
     with pytest.raises(
         ValueError, match=r"editor 'rome' needs no training; editors that train: \['mend', 'serac'\]"
