@@ -210,10 +210,13 @@ def _generated_ids(
 
 
 @torch.no_grad()
-def _greedy_after_prefix(model, tokenizer, prefix: SharedPrefix, prompt: list[int], budget: int) -> Answer:
+def greedy_after_prefix(
+    model, tokenizer, prefix: SharedPrefix, prompt: list[int], budget: int, stops: tuple[str, ...]
+) -> list[int]:
     """Greedy continuation of ``prompt`` after an encoded prefix, one token at a time (batch 1).
 
-    Stops at EOS or once a newline was produced: the answer is cut there anyway.
+    Stops at EOS, after ``budget`` tokens, or once the decoded text contains one of ``stops``; the
+    tokens are returned uncut (EOS included), the caller cuts.
     """
     states, feed, seen = prefix.states_for(1), prompt, len(prefix.ids)
     tokens: list[int] = []
@@ -227,10 +230,10 @@ def _greedy_after_prefix(model, tokenizer, prefix: SharedPrefix, prompt: list[in
         ).last_hidden_state
         token = int(output_logits(model, hidden[0, -1]).argmax())
         tokens.append(token)
-        if token == tokenizer.eos_token_id or "\n" in tokenizer.decode(tokens):
+        if token == tokenizer.eos_token_id or any(stop in tokenizer.decode(tokens) for stop in stops):
             break
         feed = [token]
-    return _cut_at_line_end(tokenizer, tokens)
+    return tokens
 
 
 def answers_after_prefix(
@@ -260,7 +263,10 @@ def answers_after_prefix(
         return _teacher_forced_ids(model, tokenizer, encoded, batch_size, prefix if cached else None)
     budgets = [len(target_ids(tokenizer, t)) + extra_tokens for _, t in pairs]
     if cached:
-        return [_greedy_after_prefix(model, tokenizer, prefix, p, b) for p, b in zip(prompts, budgets)]
+        return [
+            _cut_at_line_end(tokenizer, greedy_after_prefix(model, tokenizer, prefix, p, b, ("\n",)))
+            for p, b in zip(prompts, budgets)
+        ]
     return _generated_ids(model, tokenizer, prompts, budgets, batch_size)
 
 

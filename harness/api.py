@@ -214,3 +214,52 @@ class Task(Protocol):
 
     def records(self, raw: list[dict[str, Any]], render) -> list[Record]:
         """Records with edit requests and probes; ``render(question)`` renders a prompt."""
+
+
+@dataclass(frozen=True)
+class AbilityQuery:
+    """One question of an ability task, asked of a (possibly edited) model after the task's fixed
+    few-shot ``context`` (shared by every query of a run, so it is encoded once).
+
+    With ``options`` the model chooses the option whose tokens it finds most likely after the
+    prompt (mean log-probability per token); without, it continues the prompt greedily for at most
+    ``max_new_tokens`` tokens, cut before the first of ``stop``. Either way the prediction is a string.
+    """
+
+    example_id: str
+    prompt: str
+    options: tuple[str, ...] = ()
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ("\n",)
+
+
+class AbilityTask(Protocol):
+    """A general-ability task: measures a model rather than an edit (``kind == "ability"``).
+
+    Runs alone with ``--editor none`` or after an accumulating editing run with ``--then``.
+    Predictions are strings, one per example; ``score`` turns them into metrics in percent, so
+    predictions made anywhere (a prediction file) are scored the same way.
+    """
+
+    kind: str  # "ability"
+    name: str
+    description: str
+    metric: str  # the headline key of ``score``'s result
+    default_limit: int  # examples in the documented CPU-sized subset
+    template: str  # the query template (its hash joins the results)
+
+    def data_files(self, data_dir: Any) -> list[Any]:
+        """Files the examples come from (hashed into results)."""
+
+    def examples(self, data_dir: Any) -> list[dict[str, Any]]:
+        """Evaluation examples in file order, each with a unique string ``id``; the few-shot
+        demonstrations are not among them. Bad records raise ValidationIssue naming them."""
+
+    def context(self, data_dir: Any, render) -> str:
+        """The few-shot text every query follows; ``render(template, **fields)`` renders Jinja."""
+
+    def queries(self, examples: list[dict[str, Any]], render) -> list[AbilityQuery]:
+        """One query per example, in order."""
+
+    def score(self, examples: list[dict[str, Any]], predictions: list[str]) -> dict[str, float]:
+        """Metrics in percent, the headline ``metric`` among them."""

@@ -32,6 +32,8 @@ def _run(args) -> int:
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
         probe_every=args.probe_every,
+        then=args.then,
+        then_limit=args.then_limit,
     )
     print(table(results))
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
@@ -63,10 +65,15 @@ def _ls(args) -> int:
             summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:16} {summary}  [modes: {', '.join(editor_modes(cls))}]")
     elif args.what == "tasks":
-        for name, task in sorted(plugins.tasks().items()):
+        from harness.config import data_dir_setting
+
+        for name, task in sorted(plugins.tasks(data_dir_setting(args.data_dir, args.config)).items()):
             print(f"{name:32} {task.description}")
     elif args.what == "training-sets":
-        for name, training_set in sorted(plugins.training_sets().items()):
+        from harness.config import data_dir_setting
+
+        found = plugins.training_sets(data_dir_setting(args.data_dir, args.config))
+        for name, training_set in sorted(found.items()):
             print(f"{name:16} {training_set.language:4} {training_set.description}")
     else:
         for name, source in sorted(plugins.models().items()):
@@ -80,15 +87,11 @@ def _plugins(args) -> int:
 
 
 def _validate(args) -> int:
-    from harness.config import read_toml_files
+    from harness.config import data_dir_setting
 
-    task = plugins.lookup("task", args.task, plugins.tasks())
-    data_dir = (
-        args.data_dir
-        or os.environ.get("HARNESS_DATA_DIR")
-        or read_toml_files(args.config).get("run", {}).get("data_dir")
-    )
-    raw = task.load_raw(Path(data_dir) if data_dir else None)
+    data_dir = data_dir_setting(args.data_dir, args.config)
+    task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
+    raw = task.load_raw(data_dir)
     issues = task.validate(raw)
     for issue in issues:
         print(issue)
@@ -128,6 +131,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--probe-every", type=int, help="sequential modes: also score the records edited so far every N edits"
     )
+    run.add_argument(
+        "--then",
+        metavar="TASK,...",
+        help="sequential modes: ability tasks measured on the model holding every edit and unedited",
+    )
+    run.add_argument(
+        "--then-limit",
+        type=int,
+        help="examples per --then task (default -1: each task's documented CPU subset; 0: all)",
+    )
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)
@@ -145,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list editors, tasks or models")
     ls.add_argument("what", choices=["editors", "tasks", "models", "training-sets"])
+    ls.add_argument("--data-dir", help="tasks discovered from data files are looked for here")
+    ls.add_argument("--config")
     ls.set_defaults(handler=_ls)
 
     sub.add_parser("plugins", help="print loaded plugins as JSON").set_defaults(handler=_plugins)

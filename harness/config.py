@@ -48,6 +48,9 @@ class RunConfig:
     scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
     template: str = ""  # empty: the task's own probe template
     threads: int = 0  # 0: torch's default
+    # ability tasks (comma-separated) measured on the model holding every edit of an accumulating run
+    then: str = ""
+    ability_limit: int = -1  # examples per ability task: -1 its documented CPU subset, 0 all, else first N
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ANSWER_MODES:
@@ -61,6 +64,14 @@ class RunConfig:
             raise ConfigError(
                 f"batch_size: {self.batch_size} edits per call needs mode=batch or batch-sequential "
                 f"(mode is {self.mode})"
+            )
+        if self.ability_limit < -1:
+            raise ConfigError(f"ability_limit: {self.ability_limit} is out of range (-1, 0 or N)")
+        if self.then and self.mode not in ACCUMULATING_MODES:
+            raise ConfigError(
+                f"then: {self.then!r} measures the model holding every edit, which needs an accumulating "
+                f"mode {list(ACCUMULATING_MODES)} (mode is {self.mode}; single and batch modes restore "
+                "the weights after every edit)"
             )
         if self.probe_every and self.mode not in ACCUMULATING_MODES:
             raise ConfigError(
@@ -176,6 +187,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         parsed[key.strip()] = value.strip()
     return parsed
+
+
+def data_dir_setting(explicit: str | None = None, config_file: str | None = None) -> Path | None:
+    """The data directory as a run would resolve it: --data-dir, HARNESS_DATA_DIR, harness.toml."""
+    raw = (
+        explicit
+        or os.environ.get("HARNESS_DATA_DIR")
+        or read_toml_files(config_file).get("run", {}).get("data_dir")
+    )
+    return Path(raw) if raw else None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ class RunContext:
     edit_batch_size: int = 1  # records per editor.apply call; more than one is batch mode
     accumulate: bool = False  # keep every edit until the end (sequential, batch-sequential)
     probe_every: int = 0  # accumulating: also score the records edited so far every n edits
+    # accumulating: called on the model holding every edit before the originals come back (--then)
+    after_edits: Callable[[], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -16,14 +16,16 @@ def register_editors(register):
 
 
 @hookspec
-def register_tasks(register):
-    """Call ``register(task)`` for each task variant (an object following ``harness.api.Task``)."""
+def register_tasks(register, data_dir):
+    """Call ``register(task)`` for each task variant (an object following ``harness.api.Task``, or
+    ``harness.api.AbilityTask``). ``data_dir`` (a Path, or None when none is configured) lets a
+    family register one variant per data file it finds there; implementations may omit it."""
 
 
 @hookspec
-def register_training_sets(register):
+def register_training_sets(register, data_dir):
     """Call ``register(training_set)`` for each ``harness.api.TrainingSet`` (demonstration pools,
-    training data for editors that learn)."""
+    training data for editors that learn); ``data_dir`` as for ``register_tasks``."""
 
 
 @hookspec
@@ -53,4 +55,5 @@ def after_edit(request: Any, sample: dict, run: Any) -> None:
 
 @hookspec
 def after_run(results: dict, run: Any) -> None:
-    """Called once with the final results dictionary, after results.json is written."""
+    """Called once with the final results dictionary, after results.json is written (``run`` is None
+    for an ability task run on its own)."""

@@ -6,6 +6,7 @@ import difflib
 import importlib.metadata
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -84,7 +85,7 @@ def plugin_listing() -> list[dict[str, Any]]:
     return sorted(listing, key=lambda e: e["name"])
 
 
-def _collect(hook_name: str, key) -> dict[str, Any]:
+def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
     load_plugins()
     found: dict[str, Any] = {}
 
@@ -94,7 +95,7 @@ def _collect(hook_name: str, key) -> dict[str, Any]:
             raise ValueError(f"two plugins register the {hook_name[9:-1]} {name!r}")
         found[name] = args[-1]
 
-    getattr(pm.hook, hook_name)(register=register)
+    getattr(pm.hook, hook_name)(register=register, **arguments)
     return found
 
 
@@ -102,12 +103,13 @@ def editors() -> dict[str, type]:
     return _collect("register_editors", lambda args: args[0])
 
 
-def tasks() -> dict[str, Any]:
-    return _collect("register_tasks", lambda args: args[0].name)
+def tasks(data_dir: Path | None = None) -> dict[str, Any]:
+    """Every registered task; families that discover variants from files look in ``data_dir``."""
+    return _collect("register_tasks", lambda args: args[0].name, data_dir=data_dir)
 
 
-def training_sets() -> dict[str, Any]:
-    return _collect("register_training_sets", lambda args: args[0].name)
+def training_sets(data_dir: Path | None = None) -> dict[str, Any]:
+    return _collect("register_training_sets", lambda args: args[0].name, data_dir=data_dir)
 
 
 def models() -> dict[str, Any]:

@@ -54,10 +54,11 @@ def check_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 class SampleLog:
-    """samples.jsonl: one line per finished edit, flushed and synced so a crash loses at most one."""
+    """samples.jsonl (or another JSON-lines log): one line per finished edit or prediction, flushed
+    and synced so a crash loses at most one."""
 
-    def __init__(self, output_dir: Path):
-        self.path = output_dir / SAMPLES
+    def __init__(self, output_dir: Path, name: str = SAMPLES):
+        self.path = output_dir / name
         self.samples: list[dict[str, Any]] = self._read()
 
     def _read(self) -> list[dict[str, Any]]:

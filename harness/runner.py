@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
+from harness import abilities, plugins, training
 from harness import config as config_module
-from harness import plugins, training
 from harness.api import Edit, EditorContext, EditRequest, editor_modes
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
@@ -26,6 +27,8 @@ from harness.templates import Templates
 
 log = logging.getLogger(__name__)
 
+ABILITY = "ability"  # the ``kind`` of tasks that measure a model rather than an edit
+THEN = "then"  # subdirectory of an editing run holding the ability tasks measured after its edits
 VERSIONED_PACKAGES = ("kedit-harness", "torch", "transformers", "datasets", "evaluate", "pluggy", "jinja2")
 
 
@@ -73,6 +76,101 @@ def load_task_records(task, data_dir: Path | None, template: str, templates: Tem
     return task.records(raw, lambda question: templates.render(template, question=question))
 
 
+def _names(listing: str) -> list[str]:
+    return [name.strip() for name in listing.split(",") if name.strip()]
+
+
+def _ability_task(name: str, registered: dict[str, Any]) -> Any:
+    task = plugins.lookup("task", name, registered)
+    if getattr(task, "kind", "") != ABILITY:
+        able = sorted(n for n, t in registered.items() if getattr(t, "kind", "") == ABILITY)
+        raise config_module.ConfigError(f"--then {name}: not an ability task; ability tasks: {able}")
+    return task
+
+
+def _output_dir(cfg: config_module.RunConfig, editor: str, task: str, manifest: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.output_dir or Path("results") / _slug(cfg.model) / editor / f"{task}-{digest}")
+
+
+def _then_entry(setup: abilities.AbilitySetup, out: Path, unedited: dict[str, Any]) -> dict[str, Any]:
+    """An ability task measured after the edits, beside the unedited model's cached result."""
+    path = out / THEN / setup.task.name / RESULTS
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: the run finished without measuring {setup.task.name}")
+    edited = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        "metric": setup.task.metric,
+        "n": setup.limit,
+        "edited": edited["metrics"],
+        "unedited": unedited["metrics"],
+        "change": abilities.change(edited["metrics"], unedited["metrics"]),
+        "seconds": edited["seconds"],
+    }
+
+
+def _run_ability(
+    editor: str,
+    editor_class: type,
+    task,
+    cfg: config_module.RunConfig,
+    limit: int,
+    started: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """An ability task on the unedited model (its result is the cached baseline ``--then`` compares to)."""
+    if getattr(editor_class, "changes_model", True):
+        raise config_module.ConfigError(
+            f"task {task.name} measures a model, not an edit: run it with an editor that changes nothing "
+            f"(--editor none), or after edits: harness run --editor {editor} --task <editing task> "
+            f"--mode sequential --then {task.name}"
+        )
+    if cfg.mode != "single" or cfg.then:
+        raise config_module.ConfigError(f"task {task.name}: --mode and --then apply to editing tasks only")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data_path = Path(cfg.data_dir) if cfg.data_dir else None
+    setup = abilities.AbilitySetup.of(task, data_path, limit)
+    load_started = time.perf_counter()
+    loaded = load_model(cfg.model, plugins.models())
+    load_seconds = time.perf_counter() - load_started
+    identity = setup.identity(loaded.identity["sha256"])
+    out = _output_dir(cfg, editor, task.name, {"editor": editor, **identity})
+    check_manifest(out, {"editor": editor, **identity})
+    result = abilities.baseline(setup, loaded.model, loaded.tokenizer, loaded.identity["sha256"], progress)
+    shutil.copyfile(
+        abilities.baseline_dir(setup, loaded.identity["sha256"]) / abilities.PREDICTIONS,
+        out / abilities.PREDICTIONS,
+    )
+    results = {
+        "results": {task.name: result["metrics"]},
+        "n-samples": {task.name: setup.limit},
+        "editor": editor,
+        "task": {
+            "name": task.name,
+            "description": task.description,
+            "kind": ABILITY,
+            "metric": task.metric,
+            "template": task.template,
+        },
+        "config": dataclasses.asdict(cfg),
+        "model": loaded.identity,
+        "data": setup.data,
+        "templates": setup.templates,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "timings": {
+            "total_seconds": time.perf_counter() - started,
+            "model_load_seconds": load_seconds,
+            "ask_seconds": result["seconds"],
+        },
+        "output_dir": str(out),
+    }
+    write_json(out / RESULTS, results)
+    plugins.pm.hook.after_run(results=results, run=None)
+    return results
+
+
 def run(
     editor: str,
     task: str,
@@ -87,14 +185,19 @@ def run(
     config_file: str | None = None,
     progress: bool = True,
     probe_every: int | None = None,
+    then: str | None = None,
+    then_limit: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``editor`` on ``task`` and return the results dictionary (also in results.json).
+
+    ``then`` names ability tasks (comma-separated) measured on the model holding every edit of an
+    accumulating run, beside the unedited model; ``then_limit`` caps their examples. An ability task
+    as ``task`` runs alone on the unedited model (``--editor none``), ``limit`` capping its examples.
 
     Running again with the same output directory resumes: finished edits are read back, not redone.
     """
     started = time.perf_counter()
     editor_class = plugins.lookup("editor", editor, plugins.editors())
-    task_obj = plugins.lookup("task", task, plugins.tasks())
     cli = {
         "model": model,
         "data_dir": data_dir,
@@ -104,6 +207,8 @@ def run(
         "mode": mode,
         "batch_size": batch_size,
         "probe_every": probe_every,
+        "then": then,
+        "ability_limit": then_limit,
     }
     resolved = config_module.resolve(
         editor_class.hparams_class,
@@ -113,6 +218,13 @@ def run(
         config_file,
     )
     cfg = resolved.run
+    data_path = Path(cfg.data_dir) if cfg.data_dir else None
+    registered = plugins.tasks(data_path)
+    task_obj = plugins.lookup("task", task, registered)
+    if getattr(task_obj, "kind", "") == ABILITY:
+        ability_limit = cfg.ability_limit if limit is None else cfg.limit
+        return _run_ability(editor, editor_class, task_obj, cfg, ability_limit, started, progress)
+    then = [_ability_task(name, registered) for name in _names(cfg.then)]
     if cfg.mode not in editor_modes(editor_class):
         able = sorted(n for n, c in plugins.editors().items() if cfg.mode in editor_modes(c))
         raise config_module.ConfigError(
@@ -122,11 +234,11 @@ def run(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data_path = Path(cfg.data_dir) if cfg.data_dir else None
     templates = Templates()
     template = cfg.template or task_obj.template
     records = load_task_records(task_obj, data_path, template, templates, cfg.limit)
     data_files = {str(p): file_sha256(p) for p in task_obj.data_files(data_path)}
+    then_setups = [abilities.AbilitySetup.of(t, data_path, cfg.ability_limit) for t in then]
 
     load_started = time.perf_counter()
     loaded = load_model(cfg.model, plugins.models())
@@ -152,9 +264,16 @@ def run(
         "data": data_files,
         "templates": dict(templates.used),
     }
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(cfg.output_dir or Path("results") / _slug(cfg.model) / editor / f"{task}-{digest}")
+    if then_setups:
+        manifest["then"] = {s.task.name: s.identity(loaded.identity["sha256"]) for s in then_setups}
+    out = _output_dir(cfg, editor, task, manifest)
     check_manifest(out, manifest)
+    unedited = {
+        s.task.name: abilities.baseline(
+            s, loaded.model, loaded.tokenizer, loaded.identity["sha256"], progress
+        )
+        for s in then_setups
+    }
 
     context = EditorContext(
         cache_dir=cache_dir(),
@@ -187,6 +306,13 @@ def run(
         cache_dir=cache_dir(),
         model_fingerprint=loaded.identity["sha256"],
     )
+
+    def measure_then() -> None:
+        for setup in then_setups:
+            setup.evaluate(loaded.model, loaded.tokenizer, out / THEN / setup.task.name, progress)
+
+    if then_setups:
+        run_context.after_edits = measure_then
     evaluation = evaluate_accumulating if run_context.accumulate else evaluate
     samples = evaluation(run_context, SampleLog(out), progress=progress)
     results = {
@@ -229,6 +355,8 @@ def run(
     }
     if run_context.accumulate:
         results["decay"] = decay_curve(out)
+    if then_setups:
+        results["then"] = {s.task.name: _then_entry(s, out, unedited[s.task.name]) for s in then_setups}
     write_json(out / RESULTS, results)
     plugins.pm.hook.after_run(results=results, run=run_context)
     return results
@@ -268,7 +396,7 @@ def train(
     resolved = config_module.resolve(editor_class.hparams_class, editor, cli, settings, config_file)
     cfg, hparams = resolved.run, resolved.hparams
     if not hparams.train_data:
-        names = sorted(plugins.training_sets())
+        names = sorted(plugins.training_sets(Path(cfg.data_dir) if cfg.data_dir else None))
         raise config_module.ConfigError(f"harness train needs --train-data NAME (one of {names})")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

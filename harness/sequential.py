@@ -123,10 +123,11 @@ def evaluate_accumulating(
 ) -> list[dict[str, Any]]:
     """Apply every batch of records in order without restoring, then probe every record on the final
     model (and, with ``probe_every``, the records edited so far every n edits, into decay.jsonl);
-    restore the original weights at the end. Returns the samples of all records."""
+    run ``run.after_edits`` on that model; restore the original weights at the end. Returns the
+    samples of all records."""
     wanted = {r.id for r in run.records}
     logged = {s["record_id"] for s in log_file.samples}
-    if wanted <= logged:
+    if wanted <= logged and not (run.output_dir / STATE).is_file():
         return [s for s in log_file.samples if s["record_id"] in wanted]
     pre = pre_edit_answers(run)
     planned = batches(run.records, run.edit_batch_size)
@@ -170,6 +171,8 @@ def evaluate_accumulating(
                 sample["batch"] = {"records": call["records"], "seconds": call["seconds"]}
             log_file.append(sample)
             pm.hook.after_edit(request=by_id[sample["record_id"]].request, sample=sample, run=run)
+        if run.after_edits is not None:
+            run.after_edits()
     finally:
         state.restore(run.model)
     (run.output_dir / STATE).unlink(missing_ok=True)

@@ -40,8 +40,8 @@ def load_training_set(name: str, data_dir: Path | str | None, who: str) -> Train
             f"{who} needs training data, but the task names no training set: set train_data "
             f"(--set train_data=NAME; see `harness ls training-sets`)"
         )
-    training_set = plugins.lookup("training-set", name, plugins.training_sets())
     root = Path(data_dir) if data_dir else None
+    training_set = plugins.lookup("training-set", name, plugins.training_sets(root))
     files = {str(p): file_sha256(p) for p in training_set.data_files(root)}
     examples = training_set.examples(root)
     if not examples:

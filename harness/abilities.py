@@ -1,0 +1,213 @@
+"""General-ability tasks: ask a model every query of an ``AbilityTask`` and score its predictions.
+
+The few-shot context is the same for every query, so it is encoded once and its key/value states
+reused; options are chosen by mean log-probability per token, generations are greedy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.answers import (
+    SharedPrefix,
+    final_hidden,
+    greedy_after_prefix,
+    output_logits,
+    pad_batch,
+    scored_positions,
+)
+from harness.api import AbilityQuery
+from harness.models import cache_dir, file_sha256
+from harness.results import RESULTS, SampleLog, write_json
+from harness.templates import Templates
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+
+
+class PredictionFileError(ValueError):
+    """A prediction file that cannot be scored: the message names the line or example id."""
+
+
+def read_predictions(path: Path, examples: list[dict[str, Any]]) -> list[str]:
+    """Predictions from a JSON-lines file of ``{"id": ..., "prediction": "..."}``, in example order.
+
+    Every example needs exactly one prediction; unknown or repeated ids are errors.
+    """
+    wanted = {example["id"] for example in examples}
+    found: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PredictionFileError(f"{path}, line {number}: not JSON ({error})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prediction"), str) or "id" not in item:
+            raise PredictionFileError(f'{path}, line {number}: needs {{"id": ..., "prediction": "<text>"}}')
+        example_id = str(item["id"])
+        if example_id not in wanted:
+            raise PredictionFileError(
+                f"{path}, line {number}: id {example_id!r} is not an example of the task"
+            )
+        if example_id in found:
+            raise PredictionFileError(f"{path}, line {number}: a second prediction for id {example_id!r}")
+        found[example_id] = item["prediction"]
+    missing = [example["id"] for example in examples if example["id"] not in found]
+    if missing:
+        raise PredictionFileError(
+            f"{path}: no prediction for {len(missing)} example(s), e.g. ids {missing[:5]}"
+        )
+    return [found[example["id"]] for example in examples]
+
+
+def score_prediction_file(task: Any, data_dir: Path | None, path: Path, limit: int = 0) -> dict[str, float]:
+    """Score a prediction file against the task's first ``limit`` examples (0: all of them)."""
+    examples = task.examples(data_dir)
+    if limit:
+        examples = examples[:limit]
+    return task.score(examples, read_predictions(path, examples))
+
+
+@torch.no_grad()
+def option_log_probs(
+    model, tokenizer, prefix: SharedPrefix, prompt: list[int], options: tuple[str, ...]
+) -> list[float]:
+    """Mean log-probability per token of each option's tokens right after ``prompt`` (one batch)."""
+    encoded = [(prompt, tokenizer(option, add_special_tokens=False).input_ids) for option in options]
+    if not all(ids for _, ids in encoded):
+        raise ValueError(f"every option needs at least one token: {options}")
+    ids, mask = pad_batch([p + o for p, o in encoded], tokenizer.pad_token_id)
+    rows, cols = scored_positions([len(p) for p, _ in encoded], [len(o) for _, o in encoded])
+    logits = output_logits(model, final_hidden(model, ids, mask, prefix)[rows, cols]).float()
+    targets = torch.tensor([token for _, option in encoded for token in option])
+    chosen = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    sums = torch.zeros(len(options)).index_add(0, rows, chosen)
+    return (sums / torch.bincount(rows, minlength=len(options)).float()).tolist()
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """The text before the earliest of ``stops``, without surrounding whitespace."""
+    cut = min((text.find(stop) for stop in stops if stop and stop in text), default=len(text))
+    return text[:cut].strip()
+
+
+def answer_query(model, tokenizer, prefix: SharedPrefix, query: AbilityQuery) -> dict[str, Any]:
+    """One query's prediction (and, for choices, every option's score)."""
+    prompt = tokenizer(query.prompt, add_special_tokens=False).input_ids
+    if not prompt:
+        raise ValueError(f"example {query.example_id}: the query renders to no tokens")
+    if query.options:
+        scores = option_log_probs(model, tokenizer, prefix, prompt, query.options)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return {"id": query.example_id, "prediction": query.options[best], "option_scores": scores}
+    tokens = greedy_after_prefix(model, tokenizer, prefix, prompt, query.max_new_tokens, query.stop)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return {"id": query.example_id, "prediction": cut_at_stop(text, query.stop), "generated": text}
+
+
+def ask(
+    model, tokenizer, context: str, queries: list[AbilityQuery], log_file: SampleLog, progress: bool = True
+) -> list[str]:
+    """Predictions for every query, in order; those already in ``log_file`` are read back, not asked
+    again, and each new one is appended as soon as it exists (a killed run resumes)."""
+    done = {line["id"]: line["prediction"] for line in log_file.samples}
+    todo = [query for query in queries if query.example_id not in done]
+    if todo:
+        prefix = SharedPrefix.encode(model, tokenizer(context).input_ids)
+        for query in tqdm(todo, desc="queries", unit="query", disable=not progress):
+            line = answer_query(model, tokenizer, prefix, query)
+            log_file.append(line)
+            done[query.example_id] = line["prediction"]
+    return [done[query.example_id] for query in queries]
+
+
+@dataclass(frozen=True)
+class AbilitySetup:
+    """One ability task ready to ask: its examples (the first ``limit``), context and queries, plus the
+    identity of everything a score depends on except the model (data and template hashes)."""
+
+    task: Any
+    examples: list[dict[str, Any]]
+    context: str
+    queries: list[AbilityQuery]
+    data: dict[str, str]
+    templates: dict[str, str]
+    limit: int
+
+    @classmethod
+    def of(cls, task: Any, data_dir: Path | None, limit: int) -> AbilitySetup:
+        """``limit``: -1 the task's documented CPU subset, 0 every example, else the first N."""
+        templates = Templates()
+        render = templates.render
+        examples = task.examples(data_dir)
+        chosen = task.default_limit if limit < 0 else limit
+        if chosen:
+            examples = examples[:chosen]
+        context = task.context(data_dir, render)
+        queries = task.queries(examples, render)
+        if [q.example_id for q in queries] != [e["id"] for e in examples]:
+            raise ValueError(f"task {task.name}: queries() must return one query per example, in order")
+        data = {str(p): file_sha256(p) for p in task.data_files(data_dir)}
+        return cls(task, examples, context, queries, data, dict(templates.used), len(examples))
+
+    def identity(self, model_sha256: str) -> dict[str, Any]:
+        return {
+            "task": self.task.name,
+            "model_sha256": model_sha256,
+            "data": self.data,
+            "templates": self.templates,
+            "examples": self.limit,
+        }
+
+    def evaluate(self, model, tokenizer, output_dir: Path, progress: bool = True) -> dict[str, Any]:
+        """Ask every query (resuming from ``output_dir``), score, write ``results.json`` there."""
+        output_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        predictions = ask(
+            model, tokenizer, self.context, self.queries, SampleLog(output_dir, PREDICTIONS), progress
+        )
+        result = {
+            "metrics": self.task.score(self.examples, predictions),
+            "metric": self.task.metric,
+            "n": len(self.examples),
+            "seconds": time.perf_counter() - started,
+        }
+        write_json(output_dir / RESULTS, result)
+        return result
+
+
+def baseline_dir(setup: AbilitySetup, model_sha256: str) -> Path:
+    key_source = json.dumps(setup.identity(model_sha256), sort_keys=True)
+    return cache_dir() / "ability_baselines" / hashlib.sha256(key_source.encode()).hexdigest()[:24]
+
+
+def baseline(
+    setup: AbilitySetup, model, tokenizer, model_sha256: str, progress: bool = True
+) -> dict[str, Any]:
+    """The unedited model's result on ``setup``, computed once per (model, task, data, templates,
+    examples) and cached: every editing run followed by the same task compares against it."""
+    directory = baseline_dir(setup, model_sha256)
+    if (directory / RESULTS).is_file():
+        return json.loads((directory / RESULTS).read_text(encoding="utf-8"))
+    log.info(
+        "measuring the unedited model on %s (%d examples), cached for later runs",
+        setup.task.name,
+        setup.limit,
+    )
+    return setup.evaluate(model, tokenizer, directory, progress)
+
+
+def change(edited: dict[str, float], unedited: dict[str, float]) -> dict[str, float]:
+    """Edited minus unedited, per metric (percentage points; negative is a drop)."""
+    return {key: edited[key] - unedited[key] for key in edited if key in unedited}
