@@ -175,6 +175,8 @@ class Editor(Protocol):
         """Edit the model in place and return an Edit that can restore it."""
 
     # Optional: ``modes``, the editing modes it supports (see ``editor_modes``).
+    # Optional: ``locates_subject = True`` for editors that find the subject's tokens in the prompt:
+    # the harness aligns each request's subject with its prompt first (``harness.subjects``).
     # Optional: ``template_names() -> tuple[str, ...]``, the templates the editor renders. Their
     # hashes join the run's manifest before ``prepare``, so editing a template starts a new run
     # instead of resuming an old one.

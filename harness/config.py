@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.answers import ANSWER_MODES
+from harness.subjects import FALLBACKS
 
 EDIT_MODES = ("single", "batch", "sequential", "batch-sequential")
 # modes that keep every edit in force until the end instead of restoring after each
@@ -50,6 +51,9 @@ class RunConfig:
     threads: int = 0  # 0: torch's default
     # ability tasks (comma-separated) measured on the model holding every edit of an accumulating run
     then: str = ""
+    # editors that locate the subject: where a subject cannot be aligned with the prompt
+    # ("prompt_end": edit at the prompt's last word; "skip": leave the record out), see harness.subjects
+    subject_fallback: str = "prompt_end"
     ability_limit: int = -1  # examples per ability task: -1 its documented CPU subset, 0 all, else first N
 
     def __post_init__(self) -> None:
@@ -65,6 +69,8 @@ class RunConfig:
                 f"batch_size: {self.batch_size} edits per call needs mode=batch or batch-sequential "
                 f"(mode is {self.mode})"
             )
+        if self.subject_fallback not in FALLBACKS:
+            raise ConfigError(f"subject_fallback: {self.subject_fallback!r} is not one of {list(FALLBACKS)}")
         if self.ability_limit < -1:
             raise ConfigError(f"ability_limit: {self.ability_limit} is out of range (-1, 0 or N)")
         if self.then and self.mode not in ACCUMULATING_MODES:

@@ -58,6 +58,8 @@ class RunContext:
     probe_every: int = 0  # accumulating: also score the records edited so far every n edits
     # accumulating: called on the model holding every edit before the originals come back (--then)
     after_edits: Callable[[], None] | None = None
+    # per record id: how its subject was aligned with the prompt (editors that locate subjects)
+    alignments: dict[str, dict[str, Any]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +146,7 @@ def _sample(run: RunContext, record: Record, pre: list[Answer], post: list[Answe
             entry["pre_scores"] = run.scorer(before.text, reference)
         probes.append(entry)
     request = record.request
-    return {
+    sample = {
         "record_id": record.id,
         "request": {
             "prompt": request.prompt,
@@ -154,6 +156,9 @@ def _sample(run: RunContext, record: Record, pre: list[Answer], post: list[Answe
         },
         "probes": probes,
     }
+    if record.id in run.alignments:
+        sample["subject_alignment"] = run.alignments[record.id]
+    return sample
 
 
 def _check_grouping(planned: list[list[Record]], logged: dict[str, dict[str, Any]]) -> None:

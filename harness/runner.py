@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import abilities, plugins, training
+from harness import abilities, plugins, subjects, training
 from harness import config as config_module
 from harness.api import Edit, EditorContext, EditRequest, editor_modes
 from harness.evaluator import RunContext, Scorer, evaluate
@@ -239,6 +239,10 @@ def run(
     records = load_task_records(task_obj, data_path, template, templates, cfg.limit)
     data_files = {str(p): file_sha256(p) for p in task_obj.data_files(data_path)}
     then_setups = [abilities.AbilitySetup.of(t, data_path, cfg.ability_limit) for t in then]
+    aligned = None
+    if getattr(editor_class, "locates_subject", False):
+        aligned = subjects.align_records(records, cfg.subject_fallback)
+        records = aligned.records
 
     load_started = time.perf_counter()
     loaded = load_model(cfg.model, plugins.models())
@@ -305,6 +309,7 @@ def run(
         output_dir=out,
         cache_dir=cache_dir(),
         model_fingerprint=loaded.identity["sha256"],
+        alignments=aligned.per_record if aligned else {},
     )
 
     def measure_then() -> None:
@@ -355,6 +360,8 @@ def run(
     }
     if run_context.accumulate:
         results["decay"] = decay_curve(out)
+    if aligned:
+        results["subject_alignment"] = aligned.summary(cfg.subject_fallback)
     if then_setups:
         results["then"] = {s.task.name: _then_entry(s, out, unedited[s.task.name]) for s in then_setups}
     write_json(out / RESULTS, results)

@@ -25,7 +25,17 @@ from harness.models import architecture
 log = logging.getLogger(__name__)
 
 # Prompts whose next-token distribution at the subject must stay put (ROME's "essence" drift term).
-ESSENCE_PROMPTS = {"en": "{} is a", "zh": "{}是"}
+ESSENCE_PROMPTS = {
+    "en": "{} is a",
+    "zh": "{}是",
+    "cs": "{} je",
+    "de": "{} ist ein",
+    "es": "{} es un",
+    "fr": "{} est un",
+    "nl": "{} is een",
+    "pt": "{} é um",
+    "ru": "{} это",
+}
 
 
 class SubjectNotFound(ValueError):
@@ -35,11 +45,14 @@ class SubjectNotFound(ValueError):
 def subject_last_token(tokenizer, text: str, subject: str) -> int:
     """Index (in ``tokenizer(text).input_ids``) of the last token overlapping the subject's text.
 
-    The subject is matched exactly, then case-insensitively; otherwise SubjectNotFound.
+    The subject's last occurrence is used (context-prefixed copies end with the prompt, and a subject
+    aligned at the prompt's end is found there), matched exactly, then case-insensitively; otherwise
+    SubjectNotFound. Requests reach editors with the subject as written in the prompt
+    (``harness.subjects``).
     """
-    start = text.find(subject)
+    start = text.rfind(subject)
     if start < 0:
-        start = text.casefold().find(subject.casefold())
+        start = text.casefold().rfind(subject.casefold())
     if start < 0 or not subject:
         raise SubjectNotFound(f"subject {subject!r} not found in {text!r}")
     end = start + len(subject)

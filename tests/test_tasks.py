@@ -49,9 +49,9 @@ def renderer(templates, task):
 
 
 def test_registers_exactly_the_bizsre_variants(tasks):
-    assert set(tasks) == NAMES
-    assert len(tasks) == 10
-    for name, task in tasks.items():
+    bizsre = {name: task for name, task in tasks.items() if name.startswith("bizsre_")}
+    assert set(bizsre) == NAMES
+    for name, task in bizsre.items():
         assert task.name == name
     assert tasks["bizsre_en_zh"].properties == ("reliability", "generality", "locality", "portability")
     assert tasks["bizsre_zh_en_portability"].properties == ("portability",)

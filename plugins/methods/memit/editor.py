@@ -59,6 +59,7 @@ class MEMIT:
 
     hparams_class = MEMITHparams
     supports_batch = True
+    locates_subject = True  # requests arrive with the subject as written in the prompt
 
     def __init__(self, hparams: MEMITHparams):
         self.hparams = hparams

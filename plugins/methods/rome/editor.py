@@ -35,6 +35,7 @@ class ROME:
 
     hparams_class = ROMEHparams
     supports_batch = False
+    locates_subject = True  # requests arrive with the subject as written in the prompt
 
     def __init__(self, hparams: ROMEHparams):
         self.hparams = hparams

@@ -13,20 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.api import EditRequest, Probe, Record, TrainingExample, ValidationIssue
+from harness.api import Record, TrainingExample, ValidationIssue
 from harness.hookspecs import hookimpl
+
+from .zsre_records import LOC_PREFIX, PROPERTIES, build_record, record_issues, training_file
 
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "zh")
-PROPERTIES = ("reliability", "generality", "locality", "portability")
 DATA_FILES = ("bizsre/bizsre_test_enzh_743.json", "bizsre/bizsre_test.json")
 SAMPLE = Path(__file__).parent / "sample" / "bizsre_sample_enzh_20.json"
-FIELDS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
-PORTABILITY_FIELDS = ("New Question", "New Answer")
-# Natural Questions locality prompts carry this marker; drop it as a prefix (the original code
-# stripped it as a character set, which could eat the question's first letters).
-LOC_PREFIX = "nq question: "
 
 
 @dataclass(frozen=True)
@@ -72,66 +68,27 @@ class BiZsRETask:
     def validate(self, raw: list[dict[str, Any]]) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for index, record in enumerate(raw):
-            for lang in self.languages:
-                side = record.get(lang)
-                if not isinstance(side, dict):
-                    issues.append(ValidationIssue(index, lang, "missing language side"))
-                    continue
-                for name in FIELDS:
-                    if not isinstance(side.get(name), str) or not side[name].strip():
-                        issues.append(ValidationIssue(index, f"{lang}.{name}", "missing or empty"))
-                portability = side.get("portability")
-                for name in PORTABILITY_FIELDS:
-                    value = portability.get(name) if isinstance(portability, dict) else None
-                    if not isinstance(value, str) or not value.strip():
-                        issues.append(
-                            ValidationIssue(index, f"{lang}.portability.{name}", "missing or empty")
-                        )
-            edit = record.get(self.edit_language)
-            subject, src = (edit.get("subject"), edit.get("src")) if isinstance(edit, dict) else (None, None)
-            if isinstance(subject, str) and isinstance(src, str) and subject and subject not in src:
-                issues.append(
-                    ValidationIssue(
-                        index,
-                        f"{self.edit_language}.subject",
-                        f"subject {subject!r} not found in src {src!r}",
-                    )
-                )
+            issues += record_issues(index, record, self.languages)
+            issues += self._subject_issues(index, record)
         return issues
 
-    def records(self, raw: list[dict[str, Any]], render: Callable[[str], str]) -> list[Record]:
-        return [self._record(str(index), item, render) for index, item in enumerate(raw)]
-
-    def _record(self, record_id: str, item: dict[str, Any], render: Callable[[str], str]) -> Record:
-        edit = item[self.edit_language]
-        request = EditRequest(
-            prompt=render(edit["src"]),
-            target=edit["alt"],
-            subject=edit["subject"],
-            language=self.edit_language,
-            record_id=record_id,
-        )
-        probes: list[Probe] = []
-        if "reliability" in self.properties:
-            probes.append(Probe("reliability", self.edit_language, request.prompt, edit["alt"]))
-        for lang in self.languages:
-            side = item[lang]
-            if "generality" in self.properties:
-                probes.append(Probe("generality", lang, render(side["rephrase"]), side["alt"]))
-            if "locality" in self.properties:
-                probes.append(
-                    Probe(
-                        "locality",
-                        lang,
-                        render(side["loc"].removeprefix(LOC_PREFIX)),
-                        side["loc_ans"],
-                        reference_is_pre_edit=True,
-                    )
+    def _subject_issues(self, index: int, record: dict[str, Any]) -> list[ValidationIssue]:
+        """Bi-ZsRE subjects occur verbatim in the edit-language question (locate-then-edit needs them)."""
+        edit = record.get(self.edit_language)
+        subject, src = (edit.get("subject"), edit.get("src")) if isinstance(edit, dict) else (None, None)
+        if isinstance(subject, str) and isinstance(src, str) and subject and subject not in src:
+            return [
+                ValidationIssue(
+                    index, f"{self.edit_language}.subject", f"subject {subject!r} not found in src {src!r}"
                 )
-            if "portability" in self.properties:
-                port = side["portability"]
-                probes.append(Probe("portability", lang, render(port["New Question"]), port["New Answer"]))
-        return Record(id=record_id, request=request, probes=tuple(probes), raw=item)
+            ]
+        return []
+
+    def records(self, raw: list[dict[str, Any]], render: Callable[[str], str]) -> list[Record]:
+        return [
+            build_record(str(index), item, self.edit_language, self.languages, self.properties, render)
+            for index, item in enumerate(raw)
+        ]
 
 
 TRAINING_FIELDS = ("subject", "src", "alt", "rephrase", "loc", "loc_ans")
@@ -147,15 +104,7 @@ class ZsRETrainingSet:
     description: str
 
     def data_files(self, data_dir: Path | None) -> list[Path]:
-        if data_dir is None:
-            raise FileNotFoundError(
-                f"training set {self.name} needs a data directory holding {self.relative_path} "
-                "(--data-dir or HARNESS_DATA_DIR)"
-            )
-        path = Path(data_dir) / self.relative_path
-        if not path.is_file():
-            raise FileNotFoundError(f"training set {self.name}: {path} does not exist")
-        return [path]
+        return [training_file(self.name, self.relative_path, data_dir)]
 
     def examples(self, data_dir: Path | None) -> list[TrainingExample]:
         import datasets
