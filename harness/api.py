@@ -255,7 +255,8 @@ class AbilityTask(Protocol):
 
     def examples(self, data_dir: Any) -> list[dict[str, Any]]:
         """Evaluation examples in file order, each with a unique string ``id``; the few-shot
-        demonstrations are not among them. Bad records raise ValidationIssue naming them."""
+        demonstrations are not among them. Bad records raise one ValueError naming each record
+        (file, line or index, field)."""
 
     def context(self, data_dir: Any, render) -> str:
         """The few-shot text every query follows; ``render(template, **fields)`` renders Jinja."""

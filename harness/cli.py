@@ -1,4 +1,4 @@
-"""Command line: harness run | train | ls | plugins | validate | report."""
+"""Command line: harness run | train | ls | plugins | validate | score | report."""
 
 from __future__ import annotations
 
@@ -99,6 +99,19 @@ def _validate(args) -> int:
     return 1 if issues else 0
 
 
+def _score(args) -> int:
+    from harness.abilities import score_prediction_file
+    from harness.config import data_dir_setting
+
+    data_dir = data_dir_setting(args.data_dir, args.config)
+    task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
+    if getattr(task, "kind", "") != "ability":
+        raise ValueError(f"task {args.task}: only ability tasks score prediction files")
+    scores = score_prediction_file(task, data_dir, Path(args.predictions), args.limit)
+    print(json.dumps({"task": task.name, "metric": task.metric, "scores": scores}, indent=2))
+    return 0
+
+
 def _report(args) -> int:
     from harness.report import table
 
@@ -169,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--data-dir")
     validate.add_argument("--config")
     validate.set_defaults(handler=_validate)
+
+    score = sub.add_parser("score", help="score a prediction file of an ability task")
+    score.add_argument("--task", required=True)
+    score.add_argument("--predictions", required=True, help='JSON lines {"id": ..., "prediction": "..."}')
+    score.add_argument("--limit", type=int, default=0, help="the task's first N examples (default: all)")
+    score.add_argument("--data-dir")
+    score.add_argument("--config")
+    score.set_defaults(handler=_score)
 
     report = sub.add_parser("report", help="print the paper-style table of results.json files")
     report.add_argument("results", nargs="+")
