@@ -6,11 +6,11 @@ reused; options are chosen by mean log-probability per token, generations are gr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def ask(
     return [done[query.example_id] for query in queries]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AbilitySetup:
     """One ability task ready to ask: its examples (the first ``limit``), context and queries, plus the
     identity of everything a score depends on except the model (data and template hashes)."""
@@ -162,9 +162,13 @@ class AbilitySetup:
         return cls(task, examples, context, queries, data, dict(templates.used), len(examples))
 
     def identity(self, model_sha256: str) -> dict[str, Any]:
+        """What the predictions depend on: the model and the exact context and queries (their hash),
+        with the data and template hashes they came from."""
+        asked = json.dumps([self.context, [dataclasses.astuple(q) for q in self.queries]], ensure_ascii=False)
         return {
             "task": self.task.name,
             "model_sha256": model_sha256,
+            "queries_sha256": hashlib.sha256(asked.encode()).hexdigest(),
             "data": self.data,
             "templates": self.templates,
             "examples": self.limit,
@@ -195,16 +199,12 @@ def baseline_dir(setup: AbilitySetup, model_sha256: str) -> Path:
 def baseline(
     setup: AbilitySetup, model, tokenizer, model_sha256: str, progress: bool = True
 ) -> dict[str, Any]:
-    """The unedited model's result on ``setup``, computed once per (model, task, data, templates,
-    examples) and cached: every editing run followed by the same task compares against it."""
+    """The unedited model's result on ``setup``. Its predictions are cached per model and exact
+    queries, so every editing run followed by the same task compares against them without asking
+    again; they are scored anew each time, so a corrected metric applies to cached predictions too."""
     directory = baseline_dir(setup, model_sha256)
-    if (directory / RESULTS).is_file():
-        return json.loads((directory / RESULTS).read_text(encoding="utf-8"))
-    log.info(
-        "measuring the unedited model on %s (%d examples), cached for later runs",
-        setup.task.name,
-        setup.limit,
-    )
+    if not (directory / PREDICTIONS).is_file():
+        log.info("measuring the unedited model on %s (%d examples), cached", setup.task.name, setup.limit)
     return setup.evaluate(model, tokenizer, directory, progress)
 
 
