@@ -91,6 +91,14 @@ def _validate(args) -> int:
 
     data_dir = data_dir_setting(args.data_dir, args.config)
     task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
+    if getattr(task, "kind", "") == "ability":
+        try:
+            examples = task.examples(data_dir)
+        except ValueError as problems:  # every bad record, by line and field
+            print(problems)
+            return 1
+        print(f"{task.name}: {len(examples)} examples after the demonstrations, 0 problem(s)")
+        return 0
     raw = task.load_raw(data_dir)
     issues = task.validate(raw)
     for issue in issues:

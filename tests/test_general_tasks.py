@@ -14,7 +14,7 @@ import pytest
 from harness import plugins
 from harness.abilities import score_prediction_file
 from harness.templates import Templates
-from plugins.tasks.general.scoring import (
+from harness_plugins.tasks.general.scoring import (
     answer_matches,
     entity_scores,
     entity_spans,
@@ -467,3 +467,36 @@ def test_score_needs_one_prediction_per_example(tasks, examples):
     first = examples["general_sentiment"][:3]
     with pytest.raises(ValueError, match="2 predictions for 3 examples"):
         tasks["general_sentiment"].score(first, [" positive", " negative"])
+
+
+def test_cli_validates_ability_data_and_scores_prediction_files(tmp_path, data_dir, examples, capsys):
+    from harness.cli import main
+
+    bad = tmp_path / "general" / "test-NLI.tsv"
+    bad.parent.mkdir()
+    bad.write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\t\tb\tmaybe\n", encoding="utf-8"
+    )
+    assert main(["validate", "--task", "general_nli", "--data-dir", str(tmp_path)]) == 1
+    shown = capsys.readouterr().out
+    assert "line 3, field 'sentence1'" in shown and "got 'maybe'" in shown
+    first = examples["general_nli"][:4]
+    half_right = nli_predictions(first[:2], True) + nli_predictions(first[2:], False)
+    path = write_predictions(tmp_path / "nli.jsonl", first, half_right)
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "general_nli",
+                "--predictions",
+                str(path),
+                "--limit",
+                "4",
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["scores"] == {"accuracy": 50.0}
