@@ -209,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)

@@ -51,11 +51,18 @@ def ability_table(results: dict[str, Any], markdown: bool = False) -> str:
 
 
 def then_table(then: dict[str, Any], markdown: bool = False) -> str:
-    """Ability tasks measured after the edits: unedited, edited and the change, per metric."""
+    """Ability tasks measured after the edits: unedited, edited and the change, per metric (each
+    task's headline metric first)."""
     rows = [
-        [task, key, f"{entry['unedited'][key]:.2f}", f"{value:.2f}", f"{entry['change'][key]:+.2f}"]
+        [
+            task,
+            key,
+            f"{entry['unedited'][key]:.2f}",
+            f"{entry['edited'][key]:.2f}",
+            f"{entry['change'][key]:+.2f}",
+        ]
         for task, entry in then.items()
-        for key, value in entry["edited"].items()
+        for key in sorted(entry["edited"], key=lambda k: k != entry["metric"])
     ]
     header = ["ability task", "metric", "unedited", "after edits", "change"]
     footer = "examples: " + ", ".join(f"{task}={entry['n']}" for task, entry in then.items())

@@ -150,6 +150,13 @@ def test_an_ability_task_runs_alone_with_editor_none_and_its_result_is_cached(tm
     right = [p["prediction"] == g for p, g in zip(predictions, GOLD)]
     assert first["results"]["test_yes_no"] == {"accuracy": 100.0 * sum(right) / 2}
     assert first["task"]["kind"] == "ability" and first["n-samples"] == {"test_yes_no": 2}
+    row = next(line for line in table(first).splitlines() if line.startswith("test_yes_no"))
+    assert row.split() == [
+        "test_yes_no",
+        "none",
+        "accuracy",
+        f"{first['results']['test_yes_no']['accuracy']:.2f}",
+    ]
 
     def refuse(*args, **kwargs):
         raise AssertionError("the cached baseline should have been used")
