@@ -54,6 +54,7 @@ class RunConfig:
     # editors that locate the subject: where a subject cannot be aligned with the prompt
     # ("prompt_end": edit at the prompt's last word; "skip": leave the record out), see harness.subjects
     subject_fallback: str = "prompt_end"
+    subject_fuzzy_threshold: float = 0.7  # least similarity of a fuzzy subject match (0-1)
     ability_limit: int = -1  # examples per ability task: -1 its documented CPU subset, 0 all, else first N
 
     def __post_init__(self) -> None:
@@ -71,6 +72,8 @@ class RunConfig:
             )
         if self.subject_fallback not in FALLBACKS:
             raise ConfigError(f"subject_fallback: {self.subject_fallback!r} is not one of {list(FALLBACKS)}")
+        if not 0.0 < self.subject_fuzzy_threshold <= 1.0:
+            raise ConfigError(f"subject_fuzzy_threshold: {self.subject_fuzzy_threshold} is not in (0, 1]")
         if self.ability_limit < -1:
             raise ConfigError(f"ability_limit: {self.ability_limit} is out of range (-1, 0 or N)")
         if self.then and self.mode not in ACCUMULATING_MODES:

@@ -241,7 +241,7 @@ def run(
     then_setups = [abilities.AbilitySetup.of(t, data_path, cfg.ability_limit) for t in then]
     aligned = None
     if getattr(editor_class, "locates_subject", False):
-        aligned = subjects.align_records(records, cfg.subject_fallback)
+        aligned = subjects.align_records(records, cfg.subject_fallback, cfg.subject_fuzzy_threshold)
         records = aligned.records
 
     load_started = time.perf_counter()
@@ -361,7 +361,7 @@ def run(
     if run_context.accumulate:
         results["decay"] = decay_curve(out)
     if aligned:
-        results["subject_alignment"] = aligned.summary(cfg.subject_fallback)
+        results["subject_alignment"] = aligned.summary(cfg.subject_fallback, cfg.subject_fuzzy_threshold)
     if then_setups:
         results["then"] = {s.task.name: _then_entry(s, out, unedited[s.task.name]) for s in then_setups}
     write_json(out / RESULTS, results)

@@ -188,23 +188,24 @@ class AlignedRecords:
     per_record: dict[str, dict[str, Any]]
     skipped: list[str]
 
-    def summary(self, fallback: str) -> dict[str, Any]:
-        """What results.json reports: the fallback, edits per strategy, skipped record ids."""
+    def summary(self, fallback: str, fuzzy_threshold: float) -> dict[str, Any]:
+        """What results.json reports: the settings, edits per strategy, skipped record ids."""
         counts = Counter(entry["strategy"] for entry in self.per_record.values())
         return {
             "fallback": fallback,
+            "fuzzy_threshold": fuzzy_threshold,
             "counts": {strategy: counts.get(strategy, 0) for strategy in ALIGNMENT_STRATEGIES},
             "skipped": self.skipped,
         }
 
 
-def align_records(records: list[Any], fallback: str) -> AlignedRecords:
+def align_records(records: list[Any], fallback: str, fuzzy_threshold: float = 0.7) -> AlignedRecords:
     """Align every record's subject with its edit prompt; the request's ``subject`` becomes the
     aligned text (so editors find it verbatim), the declared subject is kept in ``per_record``."""
     kept, per_record, skipped = [], {}, []
     for record in records:
         request = record.request
-        found = align_subject(request.prompt, request.subject, fallback)
+        found = align_subject(request.prompt, request.subject, fallback, fuzzy_threshold)
         if found is None:
             skipped.append(record.id)
             continue

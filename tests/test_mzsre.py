@@ -11,6 +11,7 @@ import pytest
 
 from harness import plugins
 from harness.api import Edit, Probe, TrainingExample
+from harness.config import ConfigError
 from harness.hookspecs import hookimpl
 from harness.runner import run
 
@@ -266,6 +267,7 @@ def test_runs_align_subjects_record_the_strategy_and_can_skip_unaligned_records(
     assert [r.subject for r in SubjectLocator.given] == ["Zürich", "Zurich", "Doctor"]
     assert results["subject_alignment"] == {
         "fallback": "prompt_end",
+        "fuzzy_threshold": 0.7,
         "counts": {"exact": 1, "normalised": 1, "fuzzy": 0, "prompt_end": 1},
         "skipped": [],
     }
@@ -294,3 +296,23 @@ def test_editors_that_do_not_locate_subjects_get_the_declared_subject(tmp_path):
     assert "subject_alignment" not in results
     line = json.loads((tmp_path / "o" / "samples.jsonl").read_text().splitlines()[0])
     assert line["request"]["subject"] == "S0de" and "subject_alignment" not in line
+
+
+def test_a_stricter_fuzzy_threshold_sends_inflected_subjects_to_the_fallback(tmp_path, register_plugin):
+    write_language(tmp_path, "en", count=1)
+    records = [side("cs", 0)]
+    records[0].update(subject="Praha", src="Jaké je hlavní město Prahy?")
+    (tmp_path / "mzsre" / "test_cs.json").write_text(json.dumps(records), encoding="utf-8")
+    register_plugin(LocatorPlugin())
+    settings = dict(editor="test-locator", task="mzsre_cs_en", model="tiny-llama", data_dir=str(tmp_path))
+    loose = run(output_dir=str(tmp_path / "a"), progress=False, **settings)
+    strict = run(
+        output_dir=str(tmp_path / "b"),
+        overrides={"subject_fuzzy_threshold": 0.95},
+        progress=False,
+        **settings,
+    )
+    assert loose["subject_alignment"]["counts"]["fuzzy"] == 1
+    assert strict["subject_alignment"]["counts"]["prompt_end"] == 1
+    with pytest.raises(ConfigError, match="subject_fuzzy_threshold"):
+        run(output_dir=str(tmp_path / "c"), overrides={"subject_fuzzy_threshold": 0}, **settings)
