@@ -235,6 +235,14 @@ class AbilityQuery:
     stop: tuple[str, ...] = ("\n",)
 
 
+ABILITY = "ability"  # the ``kind`` of tasks that measure a model rather than an edit
+
+
+def is_ability(task: Any) -> bool:
+    """Whether a registered task is an ability task (``AbilityTask``) rather than an editing task."""
+    return getattr(task, "kind", "") == ABILITY
+
+
 class AbilityTask(Protocol):
     """A general-ability task: measures a model rather than an edit (``kind == "ability"``).
 

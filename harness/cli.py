@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import plugins
-from harness.api import editor_modes
+from harness.api import editor_modes, is_ability
 from harness.config import EDIT_MODES
 
 
@@ -91,7 +91,7 @@ def _validate(args) -> int:
 
     data_dir = data_dir_setting(args.data_dir, args.config)
     task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
-    if getattr(task, "kind", "") == "ability":
+    if is_ability(task):
         try:
             examples = task.examples(data_dir)
         except ValueError as problems:  # every bad record, by line and field
@@ -113,7 +113,7 @@ def _score(args) -> int:
 
     data_dir = data_dir_setting(args.data_dir, args.config)
     task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
-    if getattr(task, "kind", "") != "ability":
+    if not is_ability(task):
         raise ValueError(f"task {args.task}: only ability tasks score prediction files")
     scores = score_prediction_file(task, data_dir, Path(args.predictions), args.limit)
     print(json.dumps({"task": task.name, "metric": task.metric, "scores": scores}, indent=2))

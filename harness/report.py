@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.api import ABILITY
+
 PROPERTY_ORDER = ("reliability", "generality", "locality", "portability")
 SHORT = {"reliability": "rel", "generality": "gen", "locality": "loc", "portability": "port"}
 
@@ -72,7 +74,7 @@ def then_table(then: dict[str, Any], markdown: bool = False) -> str:
 def table(results: dict[str, Any], markdown: bool = False) -> str:
     """Render every task in ``results`` (post-edit, and the unedited model beneath it), then any
     ability tasks measured after the edits."""
-    if results.get("task", {}).get("kind") == "ability":
+    if results.get("task", {}).get("kind") == ABILITY:
         return ability_table(results, markdown)
     rows: list[list[str]] = []
     header: list[str] = []

@@ -18,7 +18,7 @@ import torch
 
 from harness import abilities, plugins, subjects, training
 from harness import config as config_module
-from harness.api import Edit, EditorContext, EditRequest, editor_modes
+from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
 from harness.results import RESULTS, SampleLog, aggregate, check_manifest, edit_timings, write_json
@@ -27,7 +27,6 @@ from harness.templates import Templates
 
 log = logging.getLogger(__name__)
 
-ABILITY = "ability"  # the ``kind`` of tasks that measure a model rather than an edit
 THEN = "then"  # subdirectory of an editing run holding the ability tasks measured after its edits
 VERSIONED_PACKAGES = ("kedit-harness", "torch", "transformers", "datasets", "evaluate", "pluggy", "jinja2")
 
@@ -82,8 +81,8 @@ def _names(listing: str) -> list[str]:
 
 def _ability_task(name: str, registered: dict[str, Any]) -> Any:
     task = plugins.lookup("task", name, registered)
-    if getattr(task, "kind", "") != ABILITY:
-        able = sorted(n for n, t in registered.items() if getattr(t, "kind", "") == ABILITY)
+    if not is_ability(task):
+        able = sorted(n for n, t in registered.items() if is_ability(t))
         raise config_module.ConfigError(f"--then {name}: not an ability task; ability tasks: {able}")
     return task
 
@@ -221,7 +220,7 @@ def run(
     data_path = Path(cfg.data_dir) if cfg.data_dir else None
     registered = plugins.tasks(data_path)
     task_obj = plugins.lookup("task", task, registered)
-    if getattr(task_obj, "kind", "") == ABILITY:
+    if is_ability(task_obj):
         ability_limit = cfg.ability_limit if limit is None else cfg.limit
         return _run_ability(editor, editor_class, task_obj, cfg, ability_limit, started, progress)
     then = [_ability_task(name, registered) for name in _names(cfg.then)]

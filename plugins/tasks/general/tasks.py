@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.api import AbilityQuery
+from harness.api import ABILITY, AbilityQuery
 
 from . import reading
 from .reading import Check, DataProblems
@@ -51,7 +51,7 @@ class GeneralTask:
     examples, the context, and queries built from the template. Subclasses say how to read, check
     and convert a record, what a query asks and how predictions score."""
 
-    kind: ClassVar[str] = "ability"
+    kind: ClassVar[str] = ABILITY
     name: ClassVar[str]
     description: ClassVar[str]
     metric: ClassVar[str]
