@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.answers import ANSWER_MODES
+from harness.shards import Shard, ShardError
 from harness.subjects import FALLBACKS
 
 EDIT_MODES = ("single", "batch", "sequential", "batch-sequential")
@@ -56,6 +57,9 @@ class RunConfig:
     subject_fallback: str = "prompt_end"
     subject_fuzzy_threshold: float = 0.7  # least similarity of a fuzzy subject match (0-1)
     ability_limit: int = -1  # examples per ability task: -1 its documented CPU subset, 0 all, else first N
+    # "i/n": edit only shard i (0-based) of n of the records (single and batch modes), see harness.shards;
+    # empty: every record, or the shard RANK/WORLD_SIZE of a distributed launcher name
+    shard: str = ""
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ANSWER_MODES:
@@ -81,6 +85,16 @@ class RunConfig:
                 f"then: {self.then!r} measures the model holding every edit, which needs an accumulating "
                 f"mode {list(ACCUMULATING_MODES)} (mode is {self.mode}; single and batch modes restore "
                 "the weights after every edit)"
+            )
+        if self.shard:
+            try:
+                Shard.parse(self.shard)
+            except ShardError as error:
+                raise ConfigError(str(error).replace("--shard", "shard", 1)) from error
+        if self.shard and self.mode in ACCUMULATING_MODES:
+            raise ConfigError(
+                f"shard: {self.shard!r} splits independent edits over processes; in mode {self.mode} every "
+                "edit stays in force for the next, so the run cannot be split"
             )
         if self.probe_every and self.mode not in ACCUMULATING_MODES:
             raise ConfigError(

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from harness.answers import Answer, read_answers
 from harness.api import Record
 from harness.plugins import pm
-from harness.results import SampleLog
+from harness.results import SampleLog, write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +71,28 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
     """Answers of the unedited model to every probe, per record id; cached on disk.
 
     They do not depend on the editor, so the cache key is the model, the exact probe texts and
-    the answer mode (and batch size, which can move float rounding).
+    the answer mode. Probes are read in the same groups as after the edit (one edit batch at a
+    time, ``probe_batch_size`` per forward pass): padding can move float rounding, and this way a
+    record's answers never depend on which other records share its run or shard.
     """
     pairs = _pairs(run.records)
-    key_source = json.dumps(
-        [run.model_fingerprint, run.answer_mode, run.probe_batch_size, pairs], ensure_ascii=False
-    )
+    grouping = [run.probe_batch_size, run.edit_batch_size]
+    key_source = json.dumps([run.model_fingerprint, run.answer_mode, grouping, pairs], ensure_ascii=False)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
     path = run.cache_dir / "pre_edit" / f"{key}.json"
     if path.exists():
         flat = [Answer(text, tuple(ids)) for text, ids in json.loads(path.read_text(encoding="utf-8"))]
     else:
         log.info("reading pre-edit answers for %d probes", len(pairs))
-        flat = read_answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
+        flat = [
+            answer
+            for batch in batches(run.records, run.edit_batch_size)
+            for answer in read_answers(
+                run.model, run.tokenizer, _pairs(batch), run.answer_mode, run.probe_batch_size
+            )
+        ]
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = [[a.text, list(a.token_ids)] for a in flat]
-        path.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        write_json(path, [[a.text, list(a.token_ids)] for a in flat])
     answers, start = {}, 0
     for record in run.records:
         answers[record.id] = flat[start : start + len(record.probes)]

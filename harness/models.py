@@ -108,6 +108,20 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(partial, path)
 
 
+def publish_directory(partial: Path, target: Path, complete: str) -> None:
+    """Move a fully written cache directory into place. Several processes (the shards of a run) may
+    build the same entry at once: the first complete one wins, the others drop their copy; a
+    leftover without the ``complete`` marker file is replaced."""
+    if target.exists() and not (target / complete).exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / complete).exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, computed once per process for an unchanged file (size and mtime)."""
     stat = Path(path).stat()
@@ -145,7 +159,7 @@ def convert_gguf(gguf_path: Path, root: Path) -> tuple[Path, str]:
     if (target / _COMPLETE).exists():
         return target, sha
     log.info("converting %s to an fp32 checkpoint in %s (once)", gguf_path.name, target)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
@@ -159,8 +173,7 @@ def convert_gguf(gguf_path: Path, root: Path) -> tuple[Path, str]:
     plain.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
     (partial / _COMPLETE).write_text(json.dumps({"gguf": gguf_path.name, "sha256": sha}))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    publish_directory(partial, target, _COMPLETE)
     return target, sha
 
 

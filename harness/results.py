@@ -19,8 +19,9 @@ class ResumeMismatch(ValueError):
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write atomically: a killed process leaves the old file or the new one, never half of one."""
-    partial = path.with_name(path.name + ".partial")
+    """Write atomically: a killed process leaves the old file or the new one, never half of one, and
+    processes writing the same cache file at once never read each other's half-written copy."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=False), encoding="utf-8")
     os.replace(partial, path)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import abilities, plugins, subjects, training
+from harness import abilities, plugins, shards, subjects, training
 from harness import config as config_module
 from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
@@ -186,8 +186,12 @@ def run(
     probe_every: int | None = None,
     then: str | None = None,
     then_limit: int | None = None,
+    shard: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``editor`` on ``task`` and return the results dictionary (also in results.json).
+
+    ``shard`` ("i/n") edits only that part of the records, in ``<output dir>/shard-i-of-n``; under a
+    distributed launcher (RANK/WORLD_SIZE set) each rank takes its shard and rank 0 merges them.
 
     ``then`` names ability tasks (comma-separated) measured on the model holding every edit of an
     accumulating run, beside the unedited model; ``then_limit`` caps their examples. An ability task
@@ -208,6 +212,7 @@ def run(
         "probe_every": probe_every,
         "then": then,
         "ability_limit": then_limit,
+        "shard": shard,
     }
     resolved = config_module.resolve(
         editor_class.hparams_class,
@@ -242,6 +247,11 @@ def run(
     if getattr(editor_class, "locates_subject", False):
         aligned = subjects.align_records(records, cfg.subject_fallback, cfg.subject_fuzzy_threshold)
         records = aligned.records
+    part = _shard(cfg)
+    if part:
+        mine = set(shards.assigned([r.id for r in records], cfg.batch_size, part))
+        part_info = shards.describe(part, [r.id for r in records], cfg.batch_size)
+        records = [r for r in records if r.id in mine]
 
     load_started = time.perf_counter()
     loaded = load_model(cfg.model, plugins.models())
@@ -256,7 +266,9 @@ def run(
     for name in getattr(editor_obj, "template_names", tuple)():
         templates.hash(name)
     run_config = {
-        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("limit", "output_dir", "threads")
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("limit", "output_dir", "threads", shards.SHARD_KEY)
     }
     manifest = {
         "editor": editor,
@@ -270,6 +282,9 @@ def run(
     if then_setups:
         manifest["then"] = {s.task.name: s.identity(loaded.identity["sha256"]) for s in then_setups}
     out = _output_dir(cfg, editor, task, manifest)
+    if part:
+        out = out / part.dirname
+        manifest[shards.SHARD_KEY] = {"index": part.index, "count": part.count}
     check_manifest(out, manifest)
     unedited = {
         s.task.name: abilities.baseline(
@@ -323,6 +338,7 @@ def run(
         "results": {task: aggregate(samples, "post")},
         "pre_edit": {task: aggregate(samples, "pre")},
         "n-samples": {task: len(samples)},
+        "record_ids": [s["record_id"] for s in samples],
         "editor": editor,
         "task": {
             "name": task,
@@ -363,9 +379,26 @@ def run(
         results["subject_alignment"] = aligned.summary(cfg.subject_fallback, cfg.subject_fuzzy_threshold)
     if then_setups:
         results["then"] = {s.task.name: _then_entry(s, out, unedited[s.task.name]) for s in then_setups}
+    if part:
+        results[shards.SHARD_KEY] = part_info
     write_json(out / RESULTS, results)
     plugins.pm.hook.after_run(results=results, run=run_context)
+    if part and not cfg.shard and part.index == 0:  # rank 0 of a launcher merges the shards
+        return shards.wait_and_merge(out.parent, part.count)
     return results
+
+
+def _shard(cfg: config_module.RunConfig) -> shards.Shard | None:
+    """``--shard`` if given, else the launcher's rank (refused in accumulating modes)."""
+    if cfg.shard:
+        return shards.Shard.parse(cfg.shard)
+    part = shards.Shard.from_environment()
+    if part and cfg.mode in config_module.ACCUMULATING_MODES:
+        raise config_module.ConfigError(
+            f"WORLD_SIZE={part.count}: mode {cfg.mode} keeps every edit for the next and cannot be split "
+            "over processes; launch it as one process"
+        )
+    return part
 
 
 def train(

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, target_ids
 from harness.api import EditRequest
-from harness.models import architecture
+from harness.models import architecture, save_atomic
+from harness.results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,7 @@ def _cached_json(path: Path, compute):
         return json.loads(path.read_text(encoding="utf-8"))
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-    partial.rename(path)
+    write_json(path, value)
     return value
 
 
@@ -662,16 +661,13 @@ def second_moments(
         sums, count = _stream_moments(model, tokenizer, list(missing), texts, tokens, batch_size, max_length)
         for name, (key, path) in missing.items():
             found[name] = sums[name] / count
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
             payload = {
                 "moment": found[name],
                 "key": key,
                 "checksum": float(found[name].sum()),
                 "tokens": count,
             }
-            torch.save(payload, partial)
-            partial.rename(path)
+            save_atomic(payload, path)
     return {name: found[name] for name in module_names}
 
 

@@ -6,13 +6,14 @@ The tokenizer is byte-level (256 byte tokens plus BOS/EOS/PAD), so any language 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from harness.hookspecs import hookimpl
-from harness.models import ModelSource
+from harness.models import ModelSource, publish_directory
 
 VERSION = "1"
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
@@ -72,10 +73,10 @@ def build(family: str, target: Path) -> Path:
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config(family, len(tokenizer)), dtype=torch.float32)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     model.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
-    partial.rename(target)
+    publish_directory(partial, target, "config.json")
     return target
 
 
