@@ -1,8 +1,16 @@
-"""The paper-style table: paper column order, F1 (EM) cells, the unedited row beneath."""
+"""The paper-style tables: paper column order, F1 (EM) cells, the unedited row beneath; several runs in
+one table; CSV and LaTeX."""
 
 from __future__ import annotations
 
-from harness.report import columns, table
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.report import Run, columns, editing_table, latex_escape, load_runs, render, run_labels, table
 
 SCORES = {
     "portability.zh.f1": 17.0,
@@ -82,3 +90,102 @@ def test_sequential_runs_show_their_decay_points_and_mode():
     assert lines[3].split()[:6] == ["bizsre_en_zh", "after", "25", "edits", "95.00", "(90.00)"]
     assert len(lines) == 5  # header, rule, final row, one decay row (the last point is the final row), footer
     assert lines[-1].endswith("; mode sequential, batch size 1, 50 edits in force when probed")
+
+
+def _results(editor: str, scores: dict[str, float], **extra) -> dict:
+    return {
+        "editor": editor,
+        "task": {"name": "bizsre_en_zh", "edit_language": "en"},
+        "results": {"bizsre_en_zh": scores},
+        "pre_edit": {"bizsre_en_zh": {"reliability.en.f1": 1.0, "reliability.en.em": 0.0}},
+        "n-samples": {"bizsre_en_zh": 743},
+        "model": {"spec": "gemma3-270m"},
+        **extra,
+    }
+
+
+SEQUENTIAL = {"mode": "sequential", "batch_size": 1, "edits_applied": 50, "edits_in_force_when_probed": 50}
+
+
+def test_several_runs_make_one_table_with_one_row_each_and_shared_unedited_rows():
+    runs = [
+        Run(_results("rome", SCORES)),
+        Run(_results("ft-m", {**SCORES, "reliability.en.f1": 50.0})),
+        Run(_results("rome", SCORES, editing=SEQUENTIAL, decay=[{"edits": 25, "results": SCORES}, {}])),
+    ]
+    assert run_labels(runs) == ["rome", "ft-m", "rome sequential"]
+    lines = render(runs).splitlines()
+    assert lines[0].split()[:4] == ["task", "editor", "rel", "en"]
+    rows = [line for line in lines[2:] if line.startswith("bizsre_en_zh")]
+    assert [row.split("  ")[1].strip() for row in rows] == [
+        "rome",
+        "ft-m",
+        "rome sequential",
+        "after 25 edits",
+        "(unedited)",  # the three runs' unedited scores are the same: one row
+    ]
+    assert rows[1].split()[2] == "50.00"
+    footer = lines[len(rows) + 2]
+    assert "records: rome bizsre_en_zh=743, ft-m bizsre_en_zh=743, rome sequential bizsre_en_zh=743" in footer
+    assert footer.endswith("; rome sequential: mode sequential, batch size 1, 50 edits in force when probed")
+
+
+def test_unedited_rows_that_differ_name_their_runs():
+    other = _results("ft-m", SCORES)
+    other["pre_edit"]["bizsre_en_zh"]["reliability.en.f1"] = 2.0
+    body = editing_table([Run(_results("rome", SCORES)), Run(other)], ["rome", "ft-m"]).body
+    assert [row[1] for row in body] == ["rome", "ft-m", "(unedited: rome)", "(unedited: ft-m)"]
+
+
+def test_csv_has_a_row_per_run_and_kind_and_a_column_per_score_key():
+    runs = [
+        Run(_results("rome", SCORES), Path("a/results.json")),
+        Run(_results("ft-m", SCORES, editing=SEQUENTIAL, decay=[{"edits": 25, "results": SCORES}, {}])),
+    ]
+    rows = list(csv.DictReader(io.StringIO(render(runs, "csv"))))
+    assert [(r["run"], r["row"], r["edits"]) for r in rows] == [
+        ("rome", "edited", "0"),
+        ("rome", "unedited", "0"),
+        ("ft-m", "edited", "50"),
+        ("ft-m", "after edits", "25"),
+        ("ft-m", "unedited", "0"),
+    ]
+    keys = list(rows[0])[9:]
+    assert keys[:4] == ["reliability.en.f1", "reliability.en.em", "generality.en.f1", "generality.en.em"]
+    assert sorted(keys) == sorted(SCORES)
+    assert float(rows[0]["reliability.en.f1"]) == round(SCORES["reliability.en.f1"], 4) == 77.654
+    assert rows[0]["path"] == "a/results.json" and rows[1]["generality.en.f1"] == ""
+    assert [r["records"] for r in rows] == ["743", "743", "743", "25", "743"]  # a decay point: records edited
+
+
+def test_latex_is_a_booktabs_tabular_with_languages_grouped_under_properties():
+    text = render([Run(_results("a&b_c%", SCORES))], "latex")
+    assert r"\begin{tabular}{llccccccc}" in text and r"\toprule" in text and r"\bottomrule" in text
+    assert r"\multicolumn{2}{c}{Generality} & \multicolumn{2}{c}{Locality}" in text
+    assert r"\cmidrule(lr){3-3} \cmidrule(lr){4-5}" in text
+    assert r"bizsre\_en\_zh & a\&b\_c\% & 77.65 (67.98) &" in text
+    assert r"bizsre\_en\_zh & (unedited) & 1.00 (0.00) & -- &" in text
+    assert latex_escape(r"50% {x}~^\ #$") == (
+        r"50\% \{x\}\textasciitilde{}\textasciicircum{}\textbackslash{} \#\$"
+    )
+
+
+def test_markdown_escapes_pipes_and_unknown_formats_are_refused():
+    assert r"| bizsre_en_zh | a\|b |" in render([Run(_results("a|b", SCORES))], "markdown")
+    with pytest.raises(ValueError, match="choose one of terminal, markdown, csv, latex"):
+        render([Run(_results("rome", SCORES))], "html")
+
+
+def test_runs_are_found_in_folders_and_other_results_files_passed_over(tmp_path):
+    for name, content in [
+        ("x/run/results.json", _results("rome", SCORES)),
+        ("x/run/then/nli/results.json", {}),
+    ]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(content))
+    runs = load_runs([tmp_path / "x"])
+    assert [run.path for run in runs] == [tmp_path / "x/run/results.json"]
+    with pytest.raises(ValueError, match="not the results.json of a run"):
+        load_runs([tmp_path / "x/run/then/nli/results.json"])
+    with pytest.raises(FileNotFoundError):
+        load_runs([tmp_path / "missing"])
