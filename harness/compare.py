@@ -1,0 +1,352 @@
+"""Compare a results.json against a baseline one: every metric, within per-key tolerances.
+
+Metrics are named by their full key: ``results.<task>.<property>.<lang>.<metric>`` and
+``pre_edit.<task>.<property>.<lang>.<metric>`` for editing tasks, ``results.<task>.<metric>`` for an
+ability task run alone, ``then.<task>.edited.<metric>`` for the ability tasks measured after edits.
+Values are percentages; a tolerance is an absolute number of percentage points.
+
+Tolerance patterns (``PATTERN=ABS``):
+
+- a pattern holding ``*``, ``?`` or ``[`` is an fnmatch pattern matched against the full key
+  (``results.*.locality.*``);
+- any other pattern names whole dot-separated parts of a key and matches every key in which it
+  appears as a run of consecutive parts: ``f1`` matches every key ending in ``.f1``, ``locality.zh``
+  every key containing ``.locality.zh.``, ``pre_edit`` every unedited-model key, a full key itself.
+
+When several patterns match a key, the longest pattern wins (the last given among equally long
+ones); a key no pattern matches has tolerance 0. A value is within tolerance when
+``|current - baseline| <= ABS`` after both are rounded to 6 decimals (float noise of a JSON
+round-trip is not a change).
+
+The two runs must measure the same thing, else the comparison is refused (exit code 2) with each
+differing field named: the model's SHA-256, the data (the set of file names and hashes; paths
+differ between machines), the template hashes, the task, the number of samples (and of ability
+examples after edits), the answer mode, the scoring tokenizer, the editing mode and batch size.
+``allow`` downgrades named refusals to notes (a deliberate cross-model comparison). What may
+legitimately differ (editor, hparams, other settings, versions, git commit, run time) is listed as
+notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+from harness.results import RESULTS
+
+DECIMALS = 6
+GLOB_CHARACTERS = "*?["
+ABSENT = "(absent)"
+# config keys that are machine-specific (paths) or compared as refusal fields elsewhere
+_CONFIG_NOT_NOTED = {"output_dir", "data_dir", "answer_mode", "scoring_tokenizer", "mode", "batch_size"}
+
+OK, MOVED, MISSING, NEW = "OK", "MOVED", "MISSING", "NEW"
+PATTERN_HELP = (
+    "allowed absolute change in percentage points (repeatable; default 0 after rounding to 6 decimals). "
+    "Keys: results.<task>.<property>.<lang>.<metric>, pre_edit.<same>, then.<task>.edited.<metric>. "
+    "A PATTERN with * ? [ is an fnmatch pattern on the full key; any other matches the keys holding it "
+    "as consecutive whole dot-separated parts: f1 matches keys ending in .f1, locality.zh keys containing "
+    ".locality.zh., pre_edit every pre_edit key. The longest matching PATTERN wins (the last given "
+    "among equally long ones)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Allowed absolute change, in percentage points, of the metrics whose key ``pattern`` matches."""
+
+    pattern: str
+    points: float
+
+    @classmethod
+    def parse(cls, text: str) -> Tolerance:
+        """``PATTERN=ABS`` as given on the command line; a ValueError names ``text`` when malformed."""
+        pattern, equals, points = text.rpartition("=")
+        if not equals or not pattern.strip():
+            raise ValueError(f"--tolerance {text!r}: expected PATTERN=ABS, e.g. f1=1.0")
+        try:
+            value = float(points)
+        except ValueError:
+            raise ValueError(f"--tolerance {text!r}: ABS {points!r} is not a number") from None
+        if not value >= 0 or value == float("inf"):  # also refuses nan
+            raise ValueError(f"--tolerance {text!r}: ABS must be a finite number >= 0")
+        return cls(pattern.strip(), value)
+
+    def matches(self, key: str) -> bool:
+        """fnmatch on the full key with a wildcard, else the pattern as consecutive whole key parts."""
+        if any(c in self.pattern for c in GLOB_CHARACTERS):
+            return fnmatch.fnmatchcase(key, self.pattern)
+        return f".{self.pattern}." in f".{key}."
+
+
+def tolerance_for(key: str, tolerances: list[Tolerance]) -> float:
+    """The points of the longest matching pattern (the last of equally long ones), else 0."""
+    best: Tolerance | None = None
+    for tolerance in tolerances:
+        if tolerance.matches(key) and (best is None or len(tolerance.pattern) >= len(best.pattern)):
+            best = tolerance
+    return best.points if best else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One metric of the baseline and of the current run (None where the run lacks it)."""
+
+    key: str
+    baseline: Any
+    current: Any
+    tolerance: float
+
+    @property
+    def delta(self) -> float | None:
+        if _is_number(self.baseline) and _is_number(self.current):
+            return round(round(self.current, DECIMALS) - round(self.baseline, DECIMALS), DECIMALS)
+        return None
+
+    @property
+    def status(self) -> str:
+        if self.current is None:
+            return MISSING
+        if self.baseline is None:
+            return NEW
+        if self.delta is None:
+            return OK if self.current == self.baseline else MOVED
+        return OK if abs(self.delta) <= self.tolerance else MOVED
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """A field whose value differs between the runs, shown as ``field: baseline -> current``."""
+
+    field: str
+    baseline: str
+    current: str
+    allowed: bool = False
+
+    def __str__(self) -> str:
+        suffix = " (allowed by --allow-config-mismatch)" if self.allowed else ""
+        return f"{self.field}: {self.baseline} -> {self.current}{suffix}"
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Every metric's row, the differences that make the runs incomparable, and the ones only noted."""
+
+    rows: list[Row]
+    refusals: list[Difference]
+    notes: list[Difference]
+
+    @property
+    def exit_code(self) -> int:
+        """2: the runs are not comparable; 1: a metric moved, is missing or new; 0: all within tolerance."""
+        if self.refusals:
+            return 2
+        return 1 if any(row.status != OK for row in self.rows) else 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ABSENT
+    if _is_number(value):
+        return f"{round(value, DECIMALS):.{DECIMALS}f}".rstrip("0").rstrip(".")
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """Every compared metric of a results dictionary, by full key."""
+    flat: dict[str, Any] = {}
+    for section in ("results", "pre_edit"):
+        for task, scores in (results.get(section) or {}).items():
+            flat.update({f"{section}.{task}.{key}": value for key, value in scores.items()})
+    for task, entry in (results.get("then") or {}).items():
+        flat.update({f"then.{task}.edited.{key}": value for key, value in entry.get("edited", {}).items()})
+    return flat
+
+
+def _get(results: dict[str, Any], path: str) -> Any:
+    value: Any = results
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _data(results: dict[str, Any]) -> Any:
+    """The data files as a set of (file name, sha256): their directories differ between machines."""
+    files = results.get("data")
+    if files is None:
+        return None
+    if isinstance(files.get("bundled_sample"), dict):
+        files = files["bundled_sample"]
+    return {(Path(path).name, sha) for path, sha in files.items()}
+
+
+def _then_n(results: dict[str, Any]) -> Any:
+    """Examples per ability task measured after the edits (only tasks both runs measured are compared)."""
+    then = results.get("then")
+    return {task: entry.get("n") for task, entry in then.items()} if then else None
+
+
+def _field(path: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda results: _get(results, path)
+
+
+# what the numbers depend on besides the editor: a difference makes the comparison meaningless
+REFUSAL_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "model.sha256": _field("model.sha256"),
+    "data": _data,
+    "templates": _field("templates"),
+    "task.name": _field("task.name"),
+    "n-samples": _field("n-samples"),
+    "then.n": _then_n,
+    "scoring.answer_mode": _field("scoring.answer_mode"),
+    "scoring.tokenizer": _field("scoring.tokenizer"),
+    "editing.mode": _field("editing.mode"),
+    "editing.batch_size": _field("editing.batch_size"),
+}
+
+
+def _show_data(files: Any, other: Any) -> str:
+    """The files only this side has (name@hash prefix), so a long list shows what differs."""
+    if files is None:
+        return ABSENT
+    only = sorted(files - (other or set()))
+    return "{" + ", ".join(f"{name}@{sha[:12]}" for name, sha in only) + "}"
+
+
+def _shared(tasks: Any, other: Any) -> dict[str, Any]:
+    return {task: n for task, n in (tasks or {}).items() if task in (other or {})}
+
+
+def _refusals(current: dict[str, Any], baseline: dict[str, Any], allow: Collection[str]) -> list[Difference]:
+    found = []
+    for field, read in REFUSAL_FIELDS.items():
+        old, new = read(baseline), read(current)
+        if field == "then.n":  # a task only one run measured shows as missing or new metrics instead
+            old, new = _shared(old, new), _shared(new, old)
+        if old == new:
+            continue
+        if field == "data":
+            found.append(Difference(field, _show_data(old, new), _show_data(new, old), field in allow))
+        else:
+            found.append(Difference(field, _show(old), _show(new), field in allow))
+    return found
+
+
+def _dict_notes(prefix: str, old: Any, new: Any, skip: Collection[str] = ()) -> list[Difference]:
+    old, new = old or {}, new or {}
+    keys = [k for k in old if k not in skip] + [k for k in new if k not in old and k not in skip]
+    return [
+        Difference(f"{prefix}.{key}", _show(old.get(key)), _show(new.get(key)))
+        for key in keys
+        if old.get(key) != new.get(key)
+    ]
+
+
+def _notes(current: dict[str, Any], baseline: dict[str, Any]) -> list[Difference]:
+    notes = []
+    for field in ("editor", "git_commit", "timings.total_seconds"):
+        old, new = _get(baseline, field), _get(current, field)
+        if old != new:
+            notes.append(Difference(field, _show(old), _show(new)))
+    for section in ("hparams", "versions"):
+        notes += _dict_notes(section, baseline.get(section), current.get(section))
+    notes += _dict_notes("config", baseline.get("config"), current.get("config"), _CONFIG_NOT_NOTED)
+    return notes
+
+
+def compare(
+    current: dict[str, Any],
+    baseline: dict[str, Any],
+    tolerances: list[Tolerance],
+    allow: Collection[str] = (),
+) -> Comparison:
+    """Every metric of ``current`` against ``baseline``; ``allow`` names refusal fields to note instead."""
+    unknown = sorted(set(allow) - set(REFUSAL_FIELDS))
+    if unknown:
+        fields = ", ".join(REFUSAL_FIELDS)
+        raise ValueError(f"--allow-config-mismatch {', '.join(unknown)}: unknown field; fields are {fields}")
+    old, new = metrics(baseline), metrics(current)
+    keys = list(old) + [key for key in new if key not in old]
+    rows = [Row(key, old.get(key), new.get(key), tolerance_for(key, tolerances)) for key in keys]
+    differences = _refusals(current, baseline, allow)
+    refusals = [d for d in differences if not d.allowed]
+    notes = [d for d in differences if d.allowed] + _notes(current, baseline)
+    return Comparison(rows, refusals, notes)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A results.json (or a run directory holding one); a ValueError names the path when it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read ({error})") from None
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    sections = results.get("results") if isinstance(results, dict) else None
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise ValueError(f"{path}: not a results.json (no 'results' mapping of task to metrics)")
+    return results
+
+
+def _table(rows: list[Row], markdown: bool) -> list[str]:
+    header = ["key", "baseline", "current", "delta", "tolerance", "status"]
+    cells = [
+        [
+            row.key,
+            _show(row.baseline),
+            _show(row.current),
+            "" if row.delta is None else f"{'+' if row.delta > 0 else ''}{_show(row.delta)}",
+            _show(row.tolerance),
+            row.status,
+        ]
+        for row in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        return lines + ["| " + " | ".join(line) + " |" for line in cells]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [header, *cells]
+    ]
+
+
+def summary(comparison: Comparison) -> str:
+    """``N metrics compared, M beyond tolerance`` (and how many are missing or new, if any)."""
+    statuses = [row.status for row in comparison.rows]
+    counts = {status: statuses.count(status) for status in (MOVED, MISSING, NEW)}
+    extra = "".join(f", {counts[s]} {s.lower()}" for s in (MISSING, NEW) if counts[s])
+    return f"{len(comparison.rows)} metrics compared, {counts[MOVED]} beyond tolerance{extra}"
+
+
+def render(comparison: Comparison, show_all: bool = False, markdown: bool = False) -> str:
+    """Refusals (and nothing else) when the runs are not comparable; else notes, the rows that are
+    not OK (every row with ``show_all``) and a one-line summary."""
+    if comparison.refusals:
+        lines = ["refused: the runs are not comparable (baseline -> current):"]
+        lines += [f"  {difference}" for difference in comparison.refusals]
+        fields = " ".join(f"--allow-config-mismatch {d.field}" for d in comparison.refusals)
+        return "\n".join([*lines, f"(to compare anyway: {fields})"])
+    bullet = "- " if markdown else ""
+    notes = "\n".join(f"{bullet}note: {note}" for note in comparison.notes)
+    shown = [row for row in comparison.rows if show_all or row.status != OK]
+    table = "\n".join(_table(shown, markdown)) if shown else ""
+    return "\n\n".join(block for block in (notes, table, summary(comparison)) if block)
