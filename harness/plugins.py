@@ -53,6 +53,15 @@ def load_plugins() -> pluggy.PluginManager:
         if selected is not None and entry_point.name not in selected:
             continue
         if pm.has_plugin(entry_point.name):
+            registered = _distributions.get(entry_point.name)
+            dist = entry_point.dist
+            if registered is None or dist is None or registered.name != dist.name:
+                log.warning(
+                    "plugin %r from %s is skipped: a plugin of that name is already loaded (from %s)",
+                    entry_point.name,
+                    dist.name if dist else "?",
+                    registered.name if registered else "the harness core",
+                )
             continue
         try:
             module = entry_point.load()
@@ -83,6 +92,12 @@ def plugin_listing() -> list[dict[str, Any]]:
             entry["version"] = dist.version
         listing.append(entry)
     return sorted(listing, key=lambda e: e["name"])
+
+
+def plugin_packages() -> dict[str, str]:
+    """``{package: version}`` of every distribution that provides a loaded plugin (results record them)."""
+    load_plugins()
+    return {dist.name: dist.version for dist in _distributions.values()}
 
 
 def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:

