@@ -1,4 +1,5 @@
-"""Command line: harness run | train | ls | plugins | validate | score | report."""
+"""Command line: harness run | merge | train | ls | plugins | validate | score | report | compare |
+leaderboard | new."""
 
 from __future__ import annotations
 
@@ -34,10 +35,42 @@ def _run(args) -> int:
         probe_every=args.probe_every,
         then=args.then,
         then_limit=args.then_limit,
+        shard=args.shard,
     )
     print(table(results))
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
     return 0
+
+
+def _merge(args) -> int:
+    from harness.report import table
+    from harness.shards import merge
+
+    results = merge(Path(args.output_dir), [Path(p) for p in args.shards] or None)
+    print(table(results))
+    print(f"results: {Path(results['output_dir']) / 'results.json'}")
+    return 0
+
+
+def _leaderboard(args) -> int:
+    import tempfile
+
+    from harness import leaderboard
+    from harness.compare import render
+
+    worst = 0
+    for spec in map(leaderboard.LeaderboardSpec.load, args.specs):
+        if args.readme_only:
+            print(f"written: {leaderboard.write_readme(spec)}")
+        elif args.check:
+            scratch = Path(args.scratch or tempfile.mkdtemp(prefix="leaderboard-check-"))
+            for (task, editor), comparison in leaderboard.check(spec, args.data_dir, scratch).items():
+                print(f"== {editor} on {task}\n{render(comparison)}")
+                worst = max(worst, comparison.exit_code)
+        else:
+            for path in leaderboard.build(spec, args.data_dir):
+                print(f"written: {path}")
+    return worst
 
 
 def _train(args) -> int:
@@ -86,6 +119,18 @@ def _plugins(args) -> int:
     return 0
 
 
+def _new(args) -> int:
+    from harness.scaffold import scaffold
+
+    written = scaffold(args.kind, args.name, Path(args.dir) if args.dir else None)
+    root = Path(os.path.commonpath(written))
+    for path in written:
+        print(f"created: {path}")
+    listing = "editors" if args.kind == "editor" else "tasks"
+    print(f"next: pip install -e '{root}[test]' && harness ls {listing} && pytest {root}")
+    return 0
+
+
 def _validate(args) -> int:
     from harness.config import data_dir_setting
 
@@ -121,11 +166,31 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-    from harness.report import table
+    from harness.report import load_runs, render
 
-    for path in args.results:
-        print(table(json.loads(Path(path).read_text(encoding="utf-8")), markdown=args.markdown))
+    runs = load_runs(args.results)
+    print(render(runs, "markdown" if args.markdown else args.format))
+    if args.charts:
+        from harness.charts import write_charts
+
+        for path in write_charts(runs, args.charts, args.chart_format):
+            print(f"chart: {path}", file=sys.stderr)
+    if args.html:
+        from harness.html_report import write_html
+
+        print(f"html: {write_html(runs, args.html)}", file=sys.stderr)
     return 0
+
+
+def _compare(args) -> int:
+    from harness.compare import Tolerance, compare, load_results, render
+
+    tolerances = [Tolerance.parse(text) for text in args.tolerance or []]
+    comparison = compare(
+        load_results(args.results), load_results(args.baseline), tolerances, args.allow_config_mismatch or []
+    )
+    print(render(comparison, show_all=args.all, markdown=args.markdown))
+    return comparison.exit_code
 
 
 def parser() -> argparse.ArgumentParser:
@@ -162,9 +227,30 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="examples per --then task (default -1: each task's documented CPU subset; 0: all)",
     )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="edit only shard I (from 0) of N, into <output dir>/shard-I-of-N; `harness merge` joins them "
+        "(automatic under torchrun / accelerate launch)",
+    )
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)
+
+    board = sub.add_parser("leaderboard", help="run, store and tabulate every editor x task of a spec")
+    board.add_argument("specs", nargs="+", help="leaderboard TOML files (e.g. leaderboard/leaderboard.toml)")
+    board.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR or harness.toml)")
+    board.add_argument(
+        "--check", action="store_true", help="run again and compare with the stored files (exit 1: moved)"
+    )
+    board.add_argument("--scratch", help="with --check: where the fresh runs go (default: a temp dir)")
+    board.add_argument("--readme-only", action="store_true", help="rewrite README.md from the stored files")
+    board.set_defaults(handler=_leaderboard)
+
+    merge = sub.add_parser("merge", help="merge the finished shards of a run into one result")
+    merge.add_argument("output_dir", help="the run's output directory (holding shard-I-of-N folders)")
+    merge.add_argument("shards", nargs="*", help="shard folders (default: every shard-*-of-* in output_dir)")
+    merge.set_defaults(handler=_merge)
 
     train = sub.add_parser("train", help="train an editor that learns (serac, mend) into the cache")
     train.add_argument("--editor", required=True)
@@ -185,6 +271,12 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="print loaded plugins as JSON").set_defaults(handler=_plugins)
 
+    new = sub.add_parser("new", help="write a new editor or task plugin package (kedit-NAME) to start from")
+    new.add_argument("kind", choices=["editor", "task"])
+    new.add_argument("name", metavar="NAME", help="the plugin's name: lowercase words joined by - or _")
+    new.add_argument("--dir", help="the package directory to create (default ./kedit-NAME): new or empty")
+    new.set_defaults(handler=_new)
+
     validate = sub.add_parser("validate", help="report every bad record of a task's data")
     validate.add_argument("--task", required=True)
     validate.add_argument("--data-dir")
@@ -199,10 +291,37 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--config")
     score.set_defaults(handler=_score)
 
-    report = sub.add_parser("report", help="print the paper-style table of results.json files")
-    report.add_argument("results", nargs="+")
-    report.add_argument("--markdown", action="store_true")
+    report = sub.add_parser("report", help="tables, charts and an HTML page of results.json files")
+    report.add_argument("results", nargs="+", help="results.json files or folders searched for them")
+    report.add_argument("--format", choices=["terminal", "markdown", "csv", "latex"], default="terminal")
+    report.add_argument("--markdown", action="store_true", help="the same as --format markdown")
+    report.add_argument("--charts", metavar="DIR", help="also write radar, gap and decay charts into DIR")
+    report.add_argument("--chart-format", choices=["png", "svg"], default="png")
+    report.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML report")
     report.set_defaults(handler=_report)
+
+    from harness.compare import PATTERN_HELP, REFUSAL_FIELDS
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare a results.json with a baseline one, metric by metric",
+        description="Exit code 0: every metric within tolerance; 1: a metric moved beyond it, is missing or "
+        "new; 2: the runs are not comparable (differing model, data, templates, task, samples, scoring or "
+        "editing settings; each is named) or an input is not a results.json.",
+    )
+    compare.add_argument("results", help="results.json (or the run directory holding it)")
+    compare.add_argument("--baseline", required=True, help="the results.json to compare against")
+    compare.add_argument("--tolerance", action="append", metavar="PATTERN=ABS", help=PATTERN_HELP)
+    compare.add_argument(
+        "--allow-config-mismatch",
+        action="append",
+        metavar="FIELD",
+        choices=list(REFUSAL_FIELDS),
+        help="compare although FIELD differs (noted instead of refused): %(choices)s",
+    )
+    compare.add_argument("--all", action="store_true", help="print every metric, not only those not OK")
+    compare.add_argument("--markdown", action="store_true")
+    compare.set_defaults(handler=_compare)
     return top
 
 

@@ -1,0 +1,277 @@
+"""Leaderboards: committed results of every editor x task of a TOML spec on a fixed record subset.
+
+``harness leaderboard SPEC`` runs what is missing (resumable runs under ``runs``), trains editors
+that learn first, stores one JSON file per run in ``output`` (the run's results.json plus the
+command, record ids and seed that reproduce it) and writes ``output/README.md``.
+``--check`` runs everything again in a scratch folder and compares it with the stored files within
+the spec's tolerances: the regression guard CI runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness import plugins, report
+from harness.compare import Comparison, Tolerance, compare
+from harness.config import ConfigError
+from harness.results import write_json
+
+log = logging.getLogger(__name__)
+
+README = "README.md"
+ENTRY_KEY = "leaderboard"  # what a stored file adds to the run's results.json
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderboardSpec:
+    """One leaderboard: which model, tasks and editors, on which records, stored where."""
+
+    path: Path  # the spec file; relative paths in it are relative to its folder
+    title: str
+    model: str
+    tasks: tuple[str, ...]
+    editors: tuple[str, ...]
+    limit: int  # the first ``limit`` records of each task
+    output: Path  # committed: one JSON file per run and README.md
+    runs: Path  # full run folders (samples.jsonl), resumable, not committed
+    seed: int = 0
+    settings: tuple[tuple[str, str], ...] = ()  # --set key=value for every run
+    tolerances: tuple[str, ...] = ()  # PATTERN=ABS for --check (compare's rule)
+    notes: str = ""  # Markdown shown under the title
+    charts: bool = True  # an overlay radar and a cross-lingual gap chart per task in output/charts
+
+    @classmethod
+    def load(cls, path: str | Path) -> LeaderboardSpec:
+        """Read and check a spec; unknown or missing keys are errors that name them."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"leaderboard spec {path}: {error}") from error
+        known = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"leaderboard spec {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        missing = sorted(k for k in ("model", "tasks", "editors", "limit", "output", "runs") if k not in raw)
+        if missing:
+            raise ConfigError(f"leaderboard spec {path}: missing key(s) {missing}")
+        if not isinstance(raw["limit"], int) or raw["limit"] < 1:
+            raise ConfigError(f"leaderboard spec {path}: limit must be an integer >= 1, not {raw['limit']!r}")
+        for tolerance in raw.get("tolerances", []):
+            Tolerance.parse(tolerance)
+
+        def under_spec(relative: str) -> Path:
+            return Path(os.path.normpath(path.parent / relative))
+
+        return cls(
+            path=path,
+            title=raw.get("title", f"{raw['model']} leaderboard"),
+            model=raw["model"],
+            tasks=tuple(raw["tasks"]),
+            editors=tuple(raw["editors"]),
+            limit=raw["limit"],
+            output=under_spec(raw["output"]),
+            runs=under_spec(raw["runs"]),
+            seed=raw.get("seed", 0),
+            settings=tuple(sorted((str(k), str(v)) for k, v in raw.get("settings", {}).items())),
+            tolerances=tuple(raw.get("tolerances", [])),
+            notes=raw.get("notes", ""),
+            charts=bool(raw.get("charts", True)),
+        )
+
+    def entry_path(self, task: str, editor: str) -> Path:
+        return self.output / task / f"{editor}.json"
+
+    def command(self, task: str, editor: str) -> str:
+        """The ``harness run`` command that reproduces one entry (DATA: the data directory)."""
+        sets = "".join(f" --set {k}={v}" for k, v in self.settings)
+        return (
+            f"harness run --editor {editor} --task {task} --model {self.model} --data-dir DATA "
+            f"--limit {self.limit} --seed {self.seed}{sets}"
+        )
+
+
+def _trains(editor: str) -> bool:
+    return callable(getattr(plugins.lookup("editor", editor, plugins.editors()), "train", None))
+
+
+def run_entry(
+    spec: LeaderboardSpec, task: str, editor: str, data_dir: str | None, runs: Path, progress: bool
+) -> dict[str, Any]:
+    """One editor on one task as the spec says (training it first if it learns); its results."""
+    from harness.runner import run, train
+
+    overrides = dict(spec.settings)
+    if _trains(editor):
+        task_obj = plugins.lookup("task", task, plugins.tasks(Path(data_dir) if data_dir else None))
+        train(
+            editor,
+            train_data=getattr(task_obj, "training_set", "") or None,
+            model=spec.model,
+            data_dir=data_dir,
+            seed=spec.seed,
+            overrides=overrides,
+            progress=progress,
+        )
+    return run(
+        editor=editor,
+        task=task,
+        model=spec.model,
+        data_dir=data_dir,
+        output_dir=str(runs / task / editor),
+        limit=spec.limit,
+        seed=spec.seed,
+        overrides=overrides,
+        progress=progress,
+    )
+
+
+def _entry(spec: LeaderboardSpec, task: str, editor: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The stored file: the run's results and how to reproduce them."""
+    return {
+        ENTRY_KEY: {
+            "spec": spec.path.as_posix(),
+            "command": spec.command(task, editor),
+            "record_ids": results["record_ids"],
+            "seed": spec.seed,
+            "limit": spec.limit,
+        },
+        **results,
+    }
+
+
+def build(spec: LeaderboardSpec, data_dir: str | None, progress: bool = True) -> list[Path]:
+    """Run (or resume) every entry, store its file, write the README; the written paths."""
+    written = []
+    for task in spec.tasks:
+        for editor in spec.editors:
+            log.info("leaderboard %s: %s on %s", spec.path, editor, task)
+            results = run_entry(spec, task, editor, data_dir, spec.runs, progress)
+            path = spec.entry_path(task, editor)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, _entry(spec, task, editor, results))
+            written.append(path)
+    written.append(write_readme(spec))
+    return written
+
+
+def check(spec: LeaderboardSpec, data_dir: str | None, scratch: Path, progress: bool = True):
+    """Run every entry again under ``scratch`` and compare it with its stored file (spec tolerances).
+
+    Returns ``{(task, editor): Comparison}``; a missing stored file is an error naming it.
+    """
+    tolerances = [Tolerance.parse(t) for t in spec.tolerances]
+    comparisons: dict[tuple[str, str], Comparison] = {}
+    for task in spec.tasks:
+        for editor in spec.editors:
+            stored_path = spec.entry_path(task, editor)
+            if not stored_path.is_file():
+                raise FileNotFoundError(f"{stored_path}: not stored; run `harness leaderboard {spec.path}`")
+            stored = json.loads(stored_path.read_text(encoding="utf-8"))
+            fresh = run_entry(spec, task, editor, data_dir, scratch, progress)
+            comparisons[task, editor] = compare(fresh, stored, tolerances)
+    return comparisons
+
+
+def _task_section(
+    task: str, entries: dict[str, dict[str, Any]], charts: list[Path], output: Path
+) -> list[str]:
+    """One task: the paper-style table of every editor, median seconds per edit, its charts."""
+    runs = [report.Run(entry) for entry in entries.values()]
+    first = runs[0].results
+    seconds = ", ".join(
+        f"{editor} {entry['timings']['edit_seconds_median']:.2f}"
+        for editor, entry in entries.items()
+        if "edit_seconds_median" in entry.get("timings", {})
+    )
+    images = [f"![{path.stem}]({path.relative_to(output).as_posix()})" for path in charts]
+    return [
+        f"## {task}",
+        "",
+        f"{first['task'].get('description', '').rstrip('.')}. Edits are in "
+        f"`{first['task'].get('edit_language', '?')}`.",
+        "",
+        report.render(runs, "markdown"),
+        "",
+        f"Median seconds per edit: {seconds}.",
+        "",
+        *(line for image in images for line in (image, "")),
+    ]
+
+
+def _charts(task: str, entries: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
+    """The overlay radar and the cross-lingual gap chart of one task's editors."""
+    from harness.charts import gap_chart, overlay_radar, save_chart
+
+    runs = [(report.Run(entry), editor) for editor, entry in entries.items()]
+    return [
+        save_chart(chart, folder) for chart in (overlay_radar(task, runs), gap_chart(task, runs)) if chart
+    ]
+
+
+def _data_line(entry: dict[str, Any]) -> str:
+    data = entry.get("data", {})
+    files = data.get("bundled_sample", data)
+    return ", ".join(f"`{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in sorted(files.items()))
+
+
+def write_readme(spec: LeaderboardSpec) -> Path:
+    """``output/README.md`` from the stored files alone (so it is the same wherever it is made)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in spec.tasks:
+        for editor in spec.editors:
+            path = spec.entry_path(task, editor)
+            if path.is_file():
+                found.setdefault(task, {})[editor] = json.loads(path.read_text(encoding="utf-8"))
+    if not found:
+        raise FileNotFoundError(f"{spec.output}: nothing stored yet; run `harness leaderboard {spec.path}`")
+    any_entry = next(iter(next(iter(found.values())).values()))
+    spec_name = spec.path.as_posix()
+    lines = [
+        f"# {spec.title}",
+        "",
+        "<!-- generated by `harness leaderboard`; do not edit by hand -->",
+        "",
+    ]
+    if spec.notes:
+        lines += [spec.notes.strip(), ""]
+    lines += [
+        f"F1 (EM) in percent after each edit (one edit at a time, restored after probing), on the first "
+        f"{spec.limit} records, seed {spec.seed}. Columns: "
+        + ", ".join(f"{report.SHORT[p]} = {p}" for p in report.PROPERTY_ORDER)
+        + "; `(unedited)` is the model before any edit (locality compares with it, so it has no score "
+        "there).",
+        "",
+    ]
+    for task, entries in found.items():
+        charts = _charts(task, entries, spec.output / "charts") if spec.charts else []
+        lines += _task_section(task, entries, charts, spec.output)
+    missing = [f"{e} on {t}" for t in spec.tasks for e in spec.editors if e not in found.get(t, {})]
+    if missing:
+        lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    model = any_entry["model"]
+    lines += [
+        "## Reproduce",
+        "",
+        f"Model `{spec.model}` (sha256 `{model.get('sha256', '')[:12]}`); data {_data_line(any_entry)}. "
+        "Regenerate every file here (runs that exist are resumed, not redone):",
+        "",
+        "```bash",
+        f"harness leaderboard {spec_name} --data-dir DATA",
+        "```",
+        "",
+        "One entry, e.g. the first: " + f"`{spec.command(spec.tasks[0], spec.editors[0])}`; editors that "
+        "learn are trained first with `harness train` on the task's training set (default settings). "
+        "Each JSON file holds the run's full results.json plus its command and record ids.",
+        "",
+    ]
+    path = spec.output / README
+    spec.output.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,92 @@
+"""Leaderboards: spec checking, building stored files and README, and the regression check."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.config import ConfigError
+from harness.leaderboard import LeaderboardSpec, build, check, write_readme
+
+
+def _spec(tmp_path: Path, **extra: object) -> Path:
+    lines: dict[str, object] = {
+        "title": '"Test board"',
+        "model": '"tiny-llama"',
+        "tasks": '["bizsre_en_zh"]',
+        "editors": '["ft-m", "rome"]',
+        "limit": "2",
+        "output": '"board"',
+        "runs": '"runs"',
+        "settings": '{ contexts_per_length = "1" }',
+        "charts": "false",
+    }
+    lines.update(extra)  # a None value leaves the key out
+    path = tmp_path / "board.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in lines.items() if v is not None), encoding="utf-8")
+    return path
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['editor'\]"):
+        LeaderboardSpec.load(_spec(tmp_path, editor='"rome"'))
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['limit'\]"):
+        LeaderboardSpec.load(_spec(tmp_path, limit=None))
+    with pytest.raises(ConfigError, match="limit must be an integer >= 1, not 0"):
+        LeaderboardSpec.load(_spec(tmp_path, limit=0))
+    with pytest.raises(ValueError, match="f1=x"):
+        LeaderboardSpec.load(_spec(tmp_path, tolerances='["f1=x"]'))
+
+
+def test_paths_are_relative_to_the_spec_and_commands_reproduce_an_entry(tmp_path):
+    spec = LeaderboardSpec.load(_spec(tmp_path))
+    assert spec.output == tmp_path / "board" and spec.runs == tmp_path / "runs"
+    assert spec.entry_path("bizsre_en_zh", "rome") == tmp_path / "board" / "bizsre_en_zh" / "rome.json"
+    assert spec.command("bizsre_en_zh", "rome") == (
+        "harness run --editor rome --task bizsre_en_zh --model tiny-llama --data-dir DATA --limit 2 "
+        "--seed 0 --set contexts_per_length=1"
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A two-editor board on the tiny model, built once (the bundled sample or HARNESS_DATA_DIR)."""
+    root = tmp_path_factory.mktemp("board")
+    spec = LeaderboardSpec.load(_spec(root, editors='["ft-m", "kn"]', settings=None))
+    build(spec, data_dir=None, progress=False)
+    return spec
+
+
+def test_build_stores_each_run_with_its_command_and_records(built):
+    entry = json.loads(built.entry_path("bizsre_en_zh", "kn").read_text(encoding="utf-8"))
+    run = json.loads((built.runs / "bizsre_en_zh" / "kn" / "results.json").read_text(encoding="utf-8"))
+    assert entry["leaderboard"]["command"] == built.command("bizsre_en_zh", "kn")
+    assert entry["leaderboard"]["record_ids"] == run["record_ids"] == ["0", "1"]
+    assert entry["results"] == run["results"] and entry["pre_edit"] == run["pre_edit"]
+
+
+def test_readme_shows_every_editor_with_its_stored_numbers(built):
+    text = write_readme(built).read_text(encoding="utf-8")
+    for editor in built.editors:
+        scores = json.loads(built.entry_path("bizsre_en_zh", editor).read_text())["results"]["bizsre_en_zh"]
+        cell = f"{scores['reliability.en.f1']:.2f} ({scores['reliability.en.em']:.2f})"
+        row = next(line for line in text.splitlines() if line.startswith(f"| bizsre_en_zh | {editor} |"))
+        assert row.split(" | ")[2] == cell
+    assert "harness leaderboard" in text and "(unedited)" in text
+
+
+def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):
+    assert {c.exit_code for c in check(built, None, tmp_path / "again", progress=False).values()} == {0}
+    stored_path = built.entry_path("bizsre_en_zh", "ft-m")
+    stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    stored["results"]["bizsre_en_zh"]["generality.zh.f1"] += 0.5
+    stored_path.write_text(json.dumps(stored), encoding="utf-8")
+    moved = check(built, None, tmp_path / "again", progress=False)  # reuses the finished runs
+    assert moved["bizsre_en_zh", "ft-m"].exit_code == 1 and moved["bizsre_en_zh", "kn"].exit_code == 0
+    lenient = dataclasses.replace(built, tolerances=("generality.zh=0.5",))
+    assert check(lenient, None, tmp_path / "again", progress=False)["bizsre_en_zh", "ft-m"].exit_code == 0
+    assert main(["leaderboard", str(built.path), "--check", "--scratch", str(tmp_path / "again")]) == 1

@@ -1,0 +1,62 @@
+"""The regression guard: committed numbers (tests/baselines) re-run and compared.
+
+Tiny random models must give the stored numbers exactly; the demo model within the spec's
+tolerances. After an intended change, regenerate with `harness leaderboard tests/baselines/X.toml`
+and commit the new files with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.compare import render
+from harness.leaderboard import LeaderboardSpec, check
+from harness.runner import run
+
+BASELINES = Path(__file__).parent / "baselines"
+
+
+def _assert_unmoved(spec_file: str, data_dir: Path, scratch: Path) -> None:
+    spec = LeaderboardSpec.load(BASELINES / spec_file)
+    comparisons = check(spec, str(data_dir), scratch, progress=False)
+    assert len(comparisons) == len(spec.tasks) * len(spec.editors)
+    failed = {key: c for key, c in comparisons.items() if c.exit_code != 0}
+    report = "\n".join(f"== {editor} on {task}\n{render(c)}" for (task, editor), c in failed.items())
+    assert not failed, f"guarded numbers moved (regenerate {spec_file} only if intended):\n{report}"
+
+
+def test_tiny_model_numbers_are_reproduced_exactly(data_dir, tmp_path):
+    _assert_unmoved("tiny.toml", data_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_demo_model_numbers_stay_within_tolerance(data_dir, gemma, tmp_path):
+    _assert_unmoved("demo.toml", data_dir, tmp_path)
+
+
+@pytest.mark.parametrize("editor", ["ft-l", "kn"])
+def test_the_same_command_twice_gives_identical_numbers(editor, tmp_path):
+    first, second = (
+        run(
+            editor=editor,
+            task="bizsre_zh_en",
+            model="tiny-llama",
+            limit=2,
+            output_dir=str(tmp_path / d),
+            progress=False,
+        )
+        for d in ("a", "b")
+    )
+    for key in ("results", "pre_edit", "record_ids", "hparams", "model"):
+        assert first[key] == second[key]
+    lines = [(tmp_path / d / "samples.jsonl").read_text().splitlines() for d in ("a", "b")]
+    assert [_without_time(line) for line in lines[0]] == [_without_time(line) for line in lines[1]]
+
+
+def _without_time(line: str) -> dict:
+    sample = json.loads(line)
+    sample.pop("edit_seconds")
+    return sample
