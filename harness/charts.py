@@ -139,21 +139,18 @@ def radar(run: Run, label: str, task: str) -> Chart:
         )
         ax.fill(angles, edited, color=_colour(0), alpha=0.25)
         if pre:
-            ax.plot(
-                _closed(angles),
-                _closed([_f1(pre, c) for c in cols]),
-                color="#333333",
-                linestyle="--",
-                linewidth=1.4,
-                marker="o",
-                markersize=3,
-                label="unedited model",
-            )
+            _unedited_outline(ax, angles, pre, cols, linewidth=1.4, marker="o", markersize=3)
         figure.legend(loc="outside lower center", ncols=2, frameon=False, title=_key(cols))
         figure.suptitle(
             f"{label} on {task}\nF1 (%), {run.model}, {_records(run, task)} records", fontweight="bold"
         )
     return Chart(f"radar_{_slug(label)}_{_slug(task)}", figure, task)
+
+
+def _unedited_outline(ax, angles: list[float], pre: dict[str, float], cols: list[str], **style) -> None:
+    """The unedited model's F1 as a dashed dark outline, with gaps where it has no score (locality)."""
+    values = _closed([_f1(pre, c) for c in cols])
+    ax.plot(_closed(angles), values, color="#333333", linestyle="--", label="unedited model", **style)
 
 
 def _records(run: Run, task: str) -> str:
@@ -175,14 +172,7 @@ def overlay_radar(task: str, entries: list[tuple[Run, str]]) -> Chart:
             ax.fill(angles, values, color=_colour(i), alpha=0.07)
         pre = next((run.results["pre_edit"][task] for run, _ in entries if run.results.get("pre_edit")), None)
         if pre:
-            ax.plot(
-                _closed(angles),
-                _closed([_f1(pre, c) for c in cols]),
-                color="#333333",
-                linestyle="--",
-                linewidth=1.2,
-                label="unedited model",
-            )
+            _unedited_outline(ax, angles, pre, cols, linewidth=1.2)
         figure.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=9, title=_key(cols))
         figure.suptitle(f"Editors on {task}\nF1 (%) after the edit", fontweight="bold")
     return Chart(f"radar_{_slug(task)}", figure, task)
