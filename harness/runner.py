@@ -128,6 +128,11 @@ def _run_ability(
         )
     if cfg.mode != "single" or cfg.then:
         raise config_module.ConfigError(f"task {task.name}: --mode and --then apply to editing tasks only")
+    if cfg.shard or shards.Shard.from_environment():
+        raise config_module.ConfigError(
+            f"task {task.name}: an ability task runs in one process; sharding (--shard, or a launcher's "
+            "WORLD_SIZE) splits editing tasks only"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data_path = Path(cfg.data_dir) if cfg.data_dir else None

@@ -67,6 +67,15 @@ def test_accumulating_modes_cannot_be_sharded():
         run(editor=EDITOR, task=TASK, model=MODEL, limit=2, mode="sequential", shard="0/2", progress=False)
 
 
+def test_ability_tasks_are_not_sharded(monkeypatch, data_dir):
+    common = dict(editor="none", task="general_nli", model=MODEL, data_dir=str(data_dir), progress=False)
+    with pytest.raises(ConfigError, match="ability task runs in one process"):
+        run(shard="0/2", **common)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="ability task runs in one process"):
+        run(**common)
+
+
 def test_two_processes_merge_to_the_single_process_run(tmp_path, single):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["run", "--editor", EDITOR, "--task", TASK, "--model", MODEL, "--limit", str(LIMIT)]
