@@ -12,6 +12,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,11 +236,14 @@ def resolve(
     cli: dict[str, Any],
     overrides: dict[str, str],
     config_file: str | None = None,
+    plugin_defaults: Callable[[str], dict[str, Any]] | None = None,
 ) -> ResolvedConfig:
     """Combine every layer into a RunConfig and the editor's hparams dataclass.
 
     ``cli`` holds explicit options (``model``, ``data_dir``, ...; None means unset). A ``--set`` key
     may be ``run.<key>``, ``editor.<key>`` or a bare key that belongs to exactly one of the two.
+    ``plugin_defaults(model)`` gives plugins' per-model hparams (the ``editor_defaults`` hook), a layer
+    between the dataclass defaults and the TOML files.
     """
     toml = read_toml_files(config_file)
     run_values: dict[str, Any] = dict(toml.get("run", {}))
@@ -268,6 +272,12 @@ def resolve(
     run = build(RunConfig, run_values, "run config")
     model_section = toml.get("models", {}).get(run.model, {})
     per_model = dict(model_section.get(editor_name, {}))
-    hparams = build(hparams_class, {**per_model, **editor_values}, f"{editor_name} hparams")
-    sources = {"per_model_defaults": f'[models."{run.model}".{editor_name}]' if per_model else "none"}
+    from_plugins = plugin_defaults(run.model) if plugin_defaults else {}
+    hparams = build(
+        hparams_class, {**from_plugins, **per_model, **editor_values}, f"{editor_name} hparams"
+    )
+    sources = {
+        "plugin_defaults": sorted(from_plugins) or "none",
+        "per_model_defaults": f'[models."{run.model}".{editor_name}]' if per_model else "none",
+    }
     return ResolvedConfig(run=run, hparams=hparams, sources=sources)

@@ -39,6 +39,12 @@ def register_metrics(register):
 
 
 @hookspec
+def editor_defaults(editor: str, model: str) -> dict | None:
+    """Return hyper-parameter defaults for ``editor`` on ``model`` (the run's model setting), or None.
+    They sit above the hparams dataclass and below ``[models."<model>".<editor>]`` and ``--set``."""
+
+
+@hookspec
 def template_dirs() -> list[str]:
     """Return directories holding Jinja templates; later plugins cannot shadow earlier names."""
 

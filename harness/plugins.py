@@ -135,6 +135,19 @@ def metric_functions() -> dict[str, Any]:
     return _collect("register_metrics", lambda args: args[0])
 
 
+def editor_defaults(editor: str, model: str) -> dict[str, Any]:
+    """Plugins' hyper-parameter defaults for ``editor`` on ``model``; two plugins setting one key
+    differently is an error naming it."""
+    load_plugins()
+    merged: dict[str, Any] = {}
+    for found in pm.hook.editor_defaults(editor=editor, model=model):
+        for key, value in (found or {}).items():
+            if key in merged and merged[key] != value:
+                raise ValueError(f"two plugins set different defaults of {editor}.{key} for model {model}")
+            merged[key] = value
+    return merged
+
+
 def template_dirs() -> list[str]:
     load_plugins()
     return [d for dirs in pm.hook.template_dirs() for d in dirs]

@@ -227,6 +227,7 @@ def run(
         cli,
         {k: str(v) for k, v in (overrides or {}).items()},
         config_file,
+        lambda model_name: plugins.editor_defaults(editor, model_name),
     )
     cfg = resolved.run
     data_path = Path(cfg.data_dir) if cfg.data_dir else None
@@ -437,7 +438,14 @@ def train(
         }
     )
     cli = {"model": model, "data_dir": data_dir, "seed": seed}
-    resolved = config_module.resolve(editor_class.hparams_class, editor, cli, settings, config_file)
+    resolved = config_module.resolve(
+        editor_class.hparams_class,
+        editor,
+        cli,
+        settings,
+        config_file,
+        lambda model_name: plugins.editor_defaults(editor, model_name),
+    )
     cfg, hparams = resolved.run, resolved.hparams
     if not hparams.train_data:
         names = sorted(plugins.training_sets(Path(cfg.data_dir) if cfg.data_dir else None))

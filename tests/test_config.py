@@ -56,7 +56,7 @@ def test_dataclass_defaults_when_nothing_else(tmp_path):
     empty.write_text("", encoding="utf-8")
     resolved = resolve(MyHparams, "myeditor", {"model": "m"}, {}, config_file=str(empty))
     assert resolved.hparams == MyHparams()
-    assert resolved.sources == {"per_model_defaults": "none"}
+    assert resolved.sources == {"plugin_defaults": "none", "per_model_defaults": "none"}
     # packaged defaults still apply to the run
     assert resolved.run.probe_batch_size == 16
     assert resolved.run.answer_mode == "teacher_forced"
@@ -65,7 +65,7 @@ def test_dataclass_defaults_when_nothing_else(tmp_path):
 def test_per_model_section_beats_dataclass_defaults(config_file):
     resolved = go(config_file)
     assert resolved.hparams == MyHparams(layer=7, layers=(8, 9), lr=0.5, fast=False, name="default")
-    assert resolved.sources == {"per_model_defaults": '[models."m".myeditor]'}
+    assert resolved.sources == {"plugin_defaults": "none", "per_model_defaults": '[models."m".myeditor]'}
     assert resolved.run.model == "m"
     assert resolved.run.probe_batch_size == 4  # user [run] beats the packaged 16
 
@@ -236,7 +236,7 @@ def test_set_model_selects_the_per_model_section(config_file):
     resolved = go(config_file, {"run.model": "other"})
     assert resolved.run.model == "other"
     assert resolved.hparams == MyHparams(layer=11)
-    assert resolved.sources == {"per_model_defaults": '[models."other".myeditor]'}
+    assert resolved.sources == {"plugin_defaults": "none", "per_model_defaults": '[models."other".myeditor]'}
 
 
 def test_missing_config_file_is_an_error(tmp_path):

@@ -18,8 +18,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("kedit-editor-example", "kedit-task-example")
-# ./harness.toml of the runs: a random 64-wide model needs larger steps than the editor's defaults
-TINY_SETTINGS = '[models."tiny-llama".example-ft]\nlr = 1e-2\nsteps = 200\n'
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,6 @@ def venv(tmp_path_factory) -> Venv:
     env["HARNESS_CACHE_DIR"] = str(base / "cache")
     work = base / "work"
     work.mkdir()
-    (work / "harness.toml").write_text(TINY_SETTINGS)
     made = Venv(base / "venv" / "bin", work, env)
     made.run("pip", "install", "-q", "torch==2.13.0")  # first: the local CPU build, never a CUDA one
     made.run("pip", "install", "-q", *sorted(wheels.glob("*.whl")), "pytest>=8")
@@ -103,7 +100,8 @@ def test_the_installed_plugins_are_listed(venv):
 def test_example_editor_writes_the_example_task_facts(venv):
     results = edit_run(venv, "example-ft", "example_capitals_en", "capitals", "--limit", "3")
     assert results["editor"] == "example-ft" and results["n-samples"] == {"example_capitals_en": 3}
-    assert results["hparams"] == {"layer": None, "steps": 200, "lr": 0.01}  # from ./harness.toml
+    assert results["hparams"] == {"layer": None, "steps": 200, "lr": 0.01}  # the package's editor_defaults
+    assert results["hparams_sources"]["plugin_defaults"] == ["lr", "steps"]
     post, pre = results["results"]["example_capitals_en"], results["pre_edit"]["example_capitals_en"]
     probes = ["reliability.en", "generality.en", "locality.en", "generality.de", "locality.de"]
     assert set(post) == {f"{probe}.{metric}" for probe in probes for metric in ("f1", "em")}

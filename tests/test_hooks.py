@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def test_the_contract_has_the_hooks_this_page_documents():
         "after_edit",
         "after_run",
         "before_edit",
+        "editor_defaults",
         "register_editors",
         "register_metrics",
         "register_models",
@@ -114,3 +116,40 @@ def test_models_metrics_templates_and_after_run_come_from_plugins(tmp_path, regi
     assert len(observer.runs) == 1
     seen, context = observer.runs[0]
     assert seen is results and context.output_dir == tmp_path / "out"
+
+
+class TunedDefaults:
+    """A plugin shipping per-model hyper-parameters for an editor it did not write."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+
+    @hookimpl
+    def editor_defaults(self, editor, model):
+        return {"layer": self.layer, "steps": 7} if (editor, model) == ("rome", "org/tuned-model") else None
+
+
+def test_editor_defaults_sit_between_the_dataclass_and_the_toml_files(register_plugin, tmp_path):
+    from harness import plugins
+    from harness.config import resolve
+    from harness_plugins.methods.rome.editor import ROMEHparams
+
+    register_plugin(TunedDefaults(layer=3))
+    defaults = partial(plugins.editor_defaults, "rome")
+    resolved = resolve(ROMEHparams, "rome", {"model": "org/tuned-model"}, {}, None, defaults)
+    assert (resolved.hparams.layer, resolved.hparams.steps) == (3, 7)
+    assert resolved.sources["plugin_defaults"] == ["layer", "steps"]
+    assert resolve(ROMEHparams, "rome", {"model": "other"}, {}, None, defaults).hparams.layer == 5
+    assert (
+        resolve(
+            ROMEHparams, "rome", {"model": "org/tuned-model"}, {"layer": "4"}, None, defaults
+        ).hparams.layer
+        == 4
+    )
+    toml = tmp_path / "harness.toml"
+    toml.write_text('[models."org/tuned-model".rome]\nlayer = 2\n')
+    from_toml = resolve(ROMEHparams, "rome", {"model": "org/tuned-model"}, {}, str(toml), defaults)
+    assert (from_toml.hparams.layer, from_toml.hparams.steps) == (2, 7)
+    register_plugin(TunedDefaults(layer=9))
+    with pytest.raises(ValueError, match="two plugins set different defaults of rome.layer"):
+        plugins.editor_defaults("rome", "org/tuned-model")
