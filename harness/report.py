@@ -280,7 +280,9 @@ def _plain(table: Table, markdown: bool) -> str:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         title = [table.title] if table.title else []
-    return "\n".join([*title, *lines, table.footer])
+    # Markdown: a blank line ends the table, or the footer would render as one more row
+    footer = ["", table.footer] if markdown else [table.footer]
+    return "\n".join([*title, *lines, *footer])
 
 
 def _md(cells: list[str]) -> list[str]:
