@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from harness.results import RESULTS
+from harness.results import RESULTS, data_files
 
 DECIMALS = 6
 GLOB_CHARACTERS = "*?["
@@ -184,12 +184,9 @@ def _get(results: dict[str, Any], path: str) -> Any:
 
 def _data(results: dict[str, Any]) -> Any:
     """The data files as a set of (file name, sha256): their directories differ between machines."""
-    files = results.get("data")
-    if files is None:
+    if results.get("data") is None:
         return None
-    if isinstance(files.get("bundled_sample"), dict):
-        files = files["bundled_sample"]
-    return {(Path(path).name, sha) for path, sha in files.items()}
+    return {(Path(path).name, sha) for path, sha in data_files(results).items()}
 
 
 def _then_n(results: dict[str, Any]) -> Any:

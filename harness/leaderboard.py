@@ -20,7 +20,7 @@ from typing import Any
 from harness import plugins, report
 from harness.compare import Comparison, Tolerance, compare
 from harness.config import ConfigError
-from harness.results import write_json
+from harness.results import data_files, write_json
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,7 @@ def _charts(task: str, entries: dict[str, dict[str, Any]], folder: Path) -> list
 
 
 def _data_line(entry: dict[str, Any]) -> str:
-    data = entry.get("data", {})
-    files = data.get("bundled_sample", data)
-    return ", ".join(f"`{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in sorted(files.items()))
+    return ", ".join(f"`{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in sorted(data_files(entry).items()))
 
 
 def write_readme(spec: LeaderboardSpec) -> Path:

@@ -99,6 +99,12 @@ def aggregate(samples: list[dict[str, Any]], phase: str = "post") -> dict[str, f
     return {key: 100.0 * sum(v) / len(v) for key, v in values.items()}
 
 
+def data_files(results: dict[str, Any]) -> dict[str, str]:
+    """``{path: sha256}`` of the data a results.json was computed on (bundled sample or data dir)."""
+    files = results.get("data") or {}
+    return files["bundled_sample"] if isinstance(files.get("bundled_sample"), dict) else files
+
+
 def edit_timings(samples: list[dict[str, Any]]) -> dict[str, float]:
     seconds = [s["edit_seconds"] for s in samples]
     if not seconds:

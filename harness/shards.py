@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.results import MANIFEST, RESULTS, SAMPLES, aggregate, check_manifest, edit_timings, write_json
+from harness.results import (
+    MANIFEST,
+    RESULTS,
+    SAMPLES,
+    SampleLog,
+    aggregate,
+    check_manifest,
+    edit_timings,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +155,16 @@ def _interleave(per_shard: list[list[str]], batch_size: int) -> list[str]:
     return order
 
 
-def _samples(directory: Path, expected: list[str]) -> list[dict[str, Any]]:
-    path = directory / SAMPLES
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    by_id = {s["record_id"]: s for s in map(json.loads, lines)}
+def _samples(directory: Path, expected: list[str]) -> dict[str, dict[str, Any]]:
+    """A finished shard's samples by record id; every assigned record must be there."""
+    log_file = SampleLog(directory)
+    by_id = {s["record_id"]: s for s in log_file.samples}
     missing = [i for i in expected if i not in by_id]
     if missing:
         raise ShardError(
-            f"{path}: {len(missing)} assigned record(s) missing, e.g. {missing[:3]}; resume that shard"
+            f"{log_file.path}: {len(missing)} assigned record(s) missing, e.g. {missing[:3]}; resume it"
         )
-    return [by_id[i] for i in expected]
+    return {i: by_id[i] for i in expected}
 
 
 def merge(parent: Path, shard_dirs: list[Path] | None = None) -> dict[str, Any]:
@@ -184,8 +193,7 @@ def merge(parent: Path, shard_dirs: list[Path] | None = None) -> dict[str, Any]:
     order = _interleave(per_shard, batch_size)
     if ids_digest(order) != results[ordered[0]][SHARD_KEY]["run_records_sha256"]:
         raise ShardError("the shards' records do not make up the run's records in order")
-    samples = [s for d, ids in zip(ordered, per_shard, strict=True) for s in _samples(d, ids)]
-    by_id = {s["record_id"]: s for s in samples}
+    by_id = {i: s for d, ids in zip(ordered, per_shard, strict=True) for i, s in _samples(d, ids).items()}
     samples = [by_id[i] for i in order]
     merged = _merged_results(results[ordered[0]], samples, [results[d] for d in ordered], parent)
     check_manifest(parent, manifest)  # refuses a parent that holds a different run
