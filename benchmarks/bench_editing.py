@@ -22,6 +22,7 @@ from harness.answers import pad_batch, prompt_ids, target_ids, teacher_forced
 from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
+from harness.runtime import device_of
 from harness.templates import Templates
 from harness.weight_editing import context_prefixes, optimise_values, subject_goals
 
@@ -125,7 +126,7 @@ def value_step(editor, model, tokenizer, request: EditRequest, repeats: int) -> 
         started = time.perf_counter()
         optimise_values(model, tokenizer, [task], arch.mlp_out.format(hp.layer), objective)
         per_step.append((time.perf_counter() - started) / steps)
-    ids, _ = pad_batch([prompt_ids(tokenizer, t) + goal for t in texts], 0)
+    ids, _ = pad_batch([prompt_ids(tokenizer, t) + goal for t in texts], 0, device_of(model))
     flops = step_flops(model, ids.numel(), len(texts) * len(goal) + 1, hp.layer)
     rate = matmul_rate(ids.numel(), model.config.hidden_size, model.config.intermediate_size)
     measured = statistics.median(per_step)

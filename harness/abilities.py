@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from harness.answers import (
     SharedPrefix,
+    at_positions,
     final_hidden,
     greedy_after_prefix,
     output_logits,
@@ -28,6 +29,7 @@ from harness.answers import (
 from harness.api import AbilityQuery
 from harness.models import cache_dir, file_sha256
 from harness.results import RESULTS, SampleLog, write_json
+from harness.runtime import device_of
 from harness.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,15 @@ def option_log_probs(
     encoded = [(prompt, tokenizer(option, add_special_tokens=False).input_ids) for option in options]
     if not all(ids for _, ids in encoded):
         raise ValueError(f"every option needs at least one token: {options}")
-    ids, mask = pad_batch([p + o for p, o in encoded], tokenizer.pad_token_id)
-    rows, cols = scored_positions([len(p) for p, _ in encoded], [len(o) for _, o in encoded])
-    logits = output_logits(model, final_hidden(model, ids, mask, prefix)[rows, cols]).float()
-    targets = torch.tensor([token for _, option in encoded for token in option])
+    device = device_of(model)
+    ids, mask = pad_batch([p + o for p, o in encoded], tokenizer.pad_token_id, device)
+    rows, cols = scored_positions([len(p) for p, _ in encoded], [len(o) for _, o in encoded], device)
+    hidden = at_positions(final_hidden(model, ids, mask, prefix), rows, cols)
+    logits = output_logits(model, hidden).float()
+    rows = rows.to(logits.device)
+    targets = torch.tensor([token for _, option in encoded for token in option], device=logits.device)
     chosen = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-    sums = torch.zeros(len(options)).index_add(0, rows, chosen)
+    sums = torch.zeros(len(options), device=logits.device).index_add(0, rows, chosen)
     return (sums / torch.bincount(rows, minlength=len(options)).float()).tolist()
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from harness.runtime import device_of
+
 ANSWER_MODES = ("teacher_forced", "generate")
 
 
@@ -42,17 +44,21 @@ def output_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def pad_batch(
-    sequences: list[list[int]], pad_id: int, left: bool = False
+    sequences: list[list[int]], pad_id: int, device: torch.device | str, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists into (ids, attention_mask), padding right (or left for generation)."""
+    """Stack token lists into (ids, attention_mask) on ``device``, padding right (or left for
+    generation). Built as lists and moved once: one host-to-device copy per batch."""
     width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
+    ids, mask = [], []
+    for seq in sequences:
+        pad = [pad_id] * (width - len(seq))
+        ids.append(pad + list(seq) if left else list(seq) + pad)
+        ones, zeros = [1] * len(seq), [0] * (width - len(seq))
+        mask.append(zeros + ones if left else ones + zeros)
+    return (
+        torch.tensor(ids, dtype=torch.long, device=device),
+        torch.tensor(mask, dtype=torch.long, device=device),
+    )
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class SharedPrefix:
     @torch.no_grad()
     def encode(cls, model: torch.nn.Module, ids: list[int]) -> SharedPrefix:
         """Run the prefix through the model once and keep its key/value states."""
-        out = model.base_model(input_ids=torch.tensor([ids]), use_cache=True)
+        out = model.base_model(input_ids=torch.tensor([ids], device=device_of(model)), use_cache=True)
         return cls(tuple(ids), out.past_key_values)
 
     def states_for(self, batch: int) -> Any:
@@ -87,7 +93,7 @@ def final_hidden(
     """
     if prefix is None:
         return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    seen = torch.ones((len(ids), len(prefix.ids)), dtype=mask.dtype)
+    seen = torch.ones((len(ids), len(prefix.ids)), dtype=mask.dtype, device=mask.device)
     return model.base_model(
         input_ids=ids,
         attention_mask=torch.cat([seen, mask], dim=1),
@@ -97,14 +103,22 @@ def final_hidden(
 
 
 def scored_positions(
-    prompt_lengths: list[int], target_lengths: list[int]
+    prompt_lengths: list[int], target_lengths: list[int], device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, position) pairs whose outputs predict the target tokens, for right-padded rows."""
     rows, cols = [], []
     for row, (p, t) in enumerate(zip(prompt_lengths, target_lengths)):
         rows += [row] * t
         cols += range(p - 1, p - 1 + t)
-    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    return (
+        torch.tensor(rows, dtype=torch.long, device=device),
+        torch.tensor(cols, dtype=torch.long, device=device),
+    )
+
+
+def at_positions(hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``hidden[rows, cols]`` wherever ``hidden`` lives (the last layer's device under a device map)."""
+    return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
 
 @dataclass(frozen=True)
@@ -120,23 +134,26 @@ class TargetBatch:
     count: int  # pairs (rows of the batch)
 
     @classmethod
-    def of(cls, tokenizer: Any, pairs: list[tuple[str, str]]) -> TargetBatch:
+    def of(cls, tokenizer: Any, pairs: list[tuple[str, str]], device: torch.device | str) -> TargetBatch:
         """``prompt + " " + target`` per pair, each target token scored after the token before it."""
         encoded = [(prompt_ids(tokenizer, p), target_ids(tokenizer, t)) for p, t in pairs]
-        ids, mask = pad_batch([p + t for p, t in encoded], tokenizer.pad_token_id)
-        rows, cols = scored_positions([len(p) for p, _ in encoded], [len(t) for _, t in encoded])
-        targets = torch.tensor([tok for _, t in encoded for tok in t])
+        ids, mask = pad_batch([p + t for p, t in encoded], tokenizer.pad_token_id, device)
+        rows, cols = scored_positions([len(p) for p, _ in encoded], [len(t) for _, t in encoded], device)
+        targets = torch.tensor([tok for _, t in encoded for tok in t], dtype=torch.long, device=device)
         return cls(ids, mask, rows, cols, targets, len(pairs))
 
     def logits(self, model: torch.nn.Module) -> torch.Tensor:
-        """Float logits at the scored positions, (target tokens, vocabulary)."""
-        return output_logits(model, final_hidden(model, self.ids, self.mask)[self.rows, self.cols]).float()
+        """Float32 logits at the scored positions, (target tokens, vocabulary)."""
+        hidden = at_positions(final_hidden(model, self.ids, self.mask), self.rows, self.cols)
+        return output_logits(model, hidden).float()
 
     def nll_per_pair(self, model: torch.nn.Module) -> torch.Tensor:
-        """Mean NLL of each pair's target tokens, (count,)."""
-        nll = torch.nn.functional.cross_entropy(self.logits(model), self.targets, reduction="none")
-        counts = torch.bincount(self.rows, minlength=self.count).float()
-        return torch.zeros(self.count).index_add(0, self.rows, nll) / counts
+        """Mean NLL of each pair's target tokens, (count,), in float32."""
+        logits = self.logits(model)
+        rows = self.rows.to(logits.device)
+        nll = torch.nn.functional.cross_entropy(logits, self.targets.to(logits.device), reduction="none")
+        counts = torch.bincount(rows, minlength=self.count).float()
+        return torch.zeros(self.count, device=logits.device).index_add(0, rows, nll) / counts
 
 
 def _batches(order: list[int], size: int):
@@ -163,13 +180,14 @@ def _teacher_forced_ids(
     """Teacher-forced answers for token ids; with an encoded ``prefix`` the ids continue it."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     answers: list[Answer | None] = [None] * len(encoded)
+    device = device_of(model)
     for chunk in _batches(order, batch_size):
-        ids, mask = pad_batch([encoded[i][0] + encoded[i][1] for i in chunk], tokenizer.pad_token_id)
+        ids, mask = pad_batch([encoded[i][0] + encoded[i][1] for i in chunk], tokenizer.pad_token_id, device)
         rows, cols = scored_positions(
-            [len(encoded[i][0]) for i in chunk], [len(encoded[i][1]) for i in chunk]
+            [len(encoded[i][0]) for i in chunk], [len(encoded[i][1]) for i in chunk], device
         )
         hidden = final_hidden(model, ids, mask, prefix)
-        predicted = output_logits(model, hidden[rows, cols]).argmax(-1).tolist()
+        predicted = output_logits(model, at_positions(hidden, rows, cols)).argmax(-1).tolist()
         start = 0
         for i in chunk:
             tokens = tuple(predicted[start : start + len(encoded[i][1])])
@@ -194,7 +212,9 @@ def _generated_ids(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[Answer | None] = [None] * len(prompts)
     for chunk in _batches(order, batch_size):
-        ids, mask = pad_batch([prompts[i] for i in chunk], tokenizer.pad_token_id, left=True)
+        ids, mask = pad_batch(
+            [prompts[i] for i in chunk], tokenizer.pad_token_id, device_of(model), left=True
+        )
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -220,11 +240,12 @@ def greedy_after_prefix(
     """
     states, feed, seen = prefix.states_for(1), prompt, len(prefix.ids)
     tokens: list[int] = []
+    device = device_of(model)
     while len(tokens) < budget:
         seen += len(feed)
         hidden = model.base_model(
-            input_ids=torch.tensor([feed]),
-            attention_mask=torch.ones((1, seen), dtype=torch.long),
+            input_ids=torch.tensor([feed], device=device),
+            attention_mask=torch.ones((1, seen), dtype=torch.long, device=device),
             past_key_values=states,
             use_cache=True,
         ).last_hidden_state

@@ -13,6 +13,7 @@ from pathlib import Path
 from harness import plugins
 from harness.api import editor_modes, is_ability
 from harness.config import EDIT_MODES
+from harness.runtime import DEVICE_MAPS, DTYPE_CHOICES
 
 
 def _run(args) -> int:
@@ -36,6 +37,9 @@ def _run(args) -> int:
         then=args.then,
         then_limit=args.then_limit,
         shard=args.shard,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
     )
     print(table(results))
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
@@ -86,6 +90,8 @@ def _train(args) -> int:
         seed=args.seed,
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
+        device=args.device,
+        dtype=args.dtype,
     )
     shown = {k: v for k, v in summary.items() if k not in ("model", "hparams")}
     print(json.dumps(shown, indent=2, ensure_ascii=False))
@@ -193,6 +199,23 @@ def _compare(args) -> int:
     return comparison.exit_code
 
 
+def _placement_arguments(command: argparse.ArgumentParser, device_map: bool) -> None:
+    command.add_argument(
+        "--device",
+        help="auto (default: a GPU when there is one; cuda:LOCAL_RANK under torchrun), cpu, "
+        "cuda, cuda:N, mps",
+    )
+    command.add_argument(
+        "--dtype", choices=list(DTYPE_CHOICES), help="the weights' dtype (auto: the checkpoint's own)"
+    )
+    if device_map:
+        command.add_argument(
+            "--device-map",
+            choices=[m for m in DEVICE_MAPS if m],
+            help="spread a model too big for one GPU over all visible GPUs (accelerate's placement)",
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="harness", description="Evaluate knowledge editors on editing tasks.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -233,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
         help="edit only shard I (from 0) of N, into <output dir>/shard-I-of-N; `harness merge` joins them "
         "(automatic under torchrun / accelerate launch)",
     )
+    _placement_arguments(run, device_map=True)
     run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
     run.set_defaults(handler=_run)
@@ -259,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--model", help="as for `harness run`")
     train.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR or harness.toml)")
     train.add_argument("--seed", type=int)
+    _placement_arguments(train, device_map=False)
     train.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an editor setting")
     train.set_defaults(handler=_train)

@@ -202,6 +202,7 @@ def _field(path: str) -> Callable[[dict[str, Any]], Any]:
 # what the numbers depend on besides the editor: a difference makes the comparison meaningless
 REFUSAL_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "model.sha256": _field("model.sha256"),
+    "model.dtype": _field("model.dtype"),
     "data": _data,
     "templates": _field("templates"),
     "task.name": _field("task.name"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.answers import ANSWER_MODES
+from harness.runtime import Placement, PlacementError
 from harness.shards import Shard, ShardError
 from harness.subjects import FALLBACKS
 
@@ -61,8 +62,15 @@ class RunConfig:
     # "i/n": edit only shard i (0-based) of n of the records (single and batch modes), see harness.shards;
     # empty: every record, or the shard RANK/WORLD_SIZE of a distributed launcher name
     shard: str = ""
+    device: str = "auto"  # auto (a GPU when there is one), cpu, cuda, cuda:N, mps
+    dtype: str = "auto"  # auto (the checkpoint's own), float32, bfloat16, float16
+    device_map: str = ""  # spread the model over several GPUs: auto, balanced, balanced_low_0, sequential
 
     def __post_init__(self) -> None:
+        try:
+            self.placement()
+        except PlacementError as error:
+            raise ConfigError(str(error)) from None
         if self.answer_mode not in ANSWER_MODES:
             raise ConfigError(f"answer_mode: {self.answer_mode!r} is not one of {list(ANSWER_MODES)}")
         if self.mode not in EDIT_MODES:
@@ -102,6 +110,10 @@ class RunConfig:
                 f"probe_every: {self.probe_every} needs an accumulating mode {list(ACCUMULATING_MODES)} "
                 f"(mode is {self.mode}; single and batch modes probe after every edit anyway)"
             )
+
+    def placement(self) -> Placement:
+        """Where the model is loaded and in which dtype (``harness.runtime``)."""
+        return Placement(device=self.device, dtype=self.dtype, device_map=self.device_map)
 
 
 def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:
@@ -273,9 +285,7 @@ def resolve(
     model_section = toml.get("models", {}).get(run.model, {})
     per_model = dict(model_section.get(editor_name, {}))
     from_plugins = plugin_defaults(run.model) if plugin_defaults else {}
-    hparams = build(
-        hparams_class, {**from_plugins, **per_model, **editor_values}, f"{editor_name} hparams"
-    )
+    hparams = build(hparams_class, {**from_plugins, **per_model, **editor_values}, f"{editor_name} hparams")
     sources = {
         "plugin_defaults": sorted(from_plugins) or "none",
         "per_model_defaults": f'[models."{run.model}".{editor_name}]' if per_model else "none",

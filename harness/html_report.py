@@ -31,8 +31,6 @@ HEAT = re.compile(r"^(\d+(?:\.\d+)?)")
 ASSETS = Path(__file__).parent / "report_page"
 
 
-
-
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 

@@ -1,8 +1,9 @@
 """Load a causal LM from a named source, a local directory, a GGUF file or a hub id.
 
-GGUF files are dequantised once into a plain fp32 checkpoint in the cache, keyed by the file's
-SHA-256, because a GGUF-loaded model is flagged as quantised and cannot be trained or saved.
-Module names per architecture live in one map keyed by ``config.model_type``.
+GGUF files are dequantised once into a plain checkpoint in the cache (fp32, or the dtype the run
+asks for), keyed by the file's SHA-256, because a GGUF-loaded model is flagged as quantised and
+cannot be trained or saved. Where the model lives and in which dtype is the runtime's
+(``harness.runtime``). Module names per architecture live in one map keyed by ``config.model_type``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.runtime import (
+    ModelRuntime,
+    Placement,
+    attach,
+    cache_fingerprint,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +102,12 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: Any
     identity: dict[str, Any]
+    runtime: ModelRuntime
+
+    @property
+    def fingerprint(self) -> str:
+        """Key of every cache of values derived from this model: weights, dtype and device kind."""
+        return self.model.harness_fingerprint
 
 
 def cache_dir() -> Path:
@@ -150,15 +167,18 @@ def directory_fingerprint(path: Path) -> str:
 _COMPLETE = "harness-converted.json"
 
 
-def convert_gguf(gguf_path: Path, root: Path) -> tuple[Path, str]:
-    """Dequantise a GGUF file into ``root/models/<sha>``; return that directory and the file hash."""
+def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32) -> tuple[Path, str]:
+    """Dequantise a GGUF file into ``root/models/<sha>`` (``<sha>-<dtype>`` for other than float32);
+    return that directory and the file hash. A bfloat16 checkpoint holds exactly the float32 one's
+    values rounded to bfloat16, at half the size."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sha = file_sha256(gguf_path)
-    target = root / "models" / sha[:24]
+    suffix = "" if dtype == torch.float32 else f"-{dtype_name(dtype)}"
+    target = root / "models" / f"{sha[:24]}{suffix}"
     if (target / _COMPLETE).exists():
         return target, sha
-    log.info("converting %s to an fp32 checkpoint in %s (once)", gguf_path.name, target)
+    log.info("converting %s to a %s checkpoint in %s (once)", gguf_path.name, dtype_name(dtype), target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     kwargs = {"gguf_file": gguf_path.name}
@@ -170,6 +190,7 @@ def convert_gguf(gguf_path: Path, root: Path) -> tuple[Path, str]:
         config.__dict__.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
+    plain.to(dtype)
     plain.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
     (partial / _COMPLETE).write_text(json.dumps({"gguf": gguf_path.name, "sha256": sha}))
@@ -177,10 +198,12 @@ def convert_gguf(gguf_path: Path, root: Path) -> tuple[Path, str]:
     return target, sha
 
 
-def load_model(spec: str, sources: dict[str, ModelSource], dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Resolve ``spec`` (registered name, local dir, .gguf file, or hub id) and load it for editing."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement | None = None) -> LoadedModel:
+    """Resolve ``spec`` (registered name, local dir, .gguf file, or hub id) and load it for editing,
+    on the device(s) and in the dtype ``placement`` asks for."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    placement = placement or Placement()
     root = cache_dir()
     identity: dict[str, Any] = {"spec": spec}
     location: Path | str = spec
@@ -188,28 +211,56 @@ def load_model(spec: str, sources: dict[str, ModelSource], dtype: torch.dtype = 
         location = sources[spec].locate(root)
         identity["source"] = spec
     path = Path(location)
+    device = None if placement.device_map else resolve_device(placement.device)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"--model {spec!r}: GGUF file {path} does not exist")
-        location, sha = convert_gguf(path, root)
+        dtype = resolve_dtype(placement.dtype)  # auto: the fp32 the dequantised weights come as
+        location, sha = convert_gguf(path, root, dtype)
         identity.update(format="gguf", file=path.name, sha256=sha)
-    elif path.is_dir():
-        identity.update(format="hf-dir", path=str(path.resolve()), sha256=directory_fingerprint(path))
     else:
-        identity.update(format="hub", hub_id=spec)
+        if path.is_dir():
+            identity.update(format="hf-dir", path=str(path.resolve()), sha256=directory_fingerprint(path))
+        else:
+            identity.update(format="hub", hub_id=spec)
+        stored = AutoConfig.from_pretrained(str(location))
+        dtype = resolve_dtype(placement.dtype, getattr(stored, "dtype", None))
     tokenizer = AutoTokenizer.from_pretrained(str(location))
-    model = AutoModelForCausalLM.from_pretrained(str(location), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(location), **_placement_kwargs(placement, device, dtype))
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    runtime = ModelRuntime(
+        device=model.get_input_embeddings().weight.device,
+        dtype=dtype,
+        device_map=_device_map(model) if placement.device_map else None,
+    )
+    attach(model, runtime)
     identity.update(
         model_type=model.config.model_type,
         parameters=sum(p.numel() for p in model.parameters()),
-        dtype=str(dtype).removeprefix("torch."),
+        **runtime.describe(),
     )
     if "sha256" not in identity:
         identity["sha256"] = identity.get("hub_id", "")
-    model.harness_fingerprint = identity["sha256"]  # keys caches of values derived from the weights
-    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+    model.harness_fingerprint = cache_fingerprint(identity["sha256"], runtime)
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, runtime=runtime)
+
+
+def _placement_kwargs(
+    placement: Placement, device: torch.device | None, dtype: torch.dtype
+) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load the weights straight onto their device(s) in ``dtype``."""
+    if placement.device_map:
+        return {"dtype": dtype, "device_map": placement.device_map}
+    if device is None or device.type == "cpu":
+        return {"dtype": dtype}
+    return {"dtype": dtype, "device_map": {"": str(device)}}
+
+
+def _device_map(model: torch.nn.Module) -> dict[str, str]:
+    """accelerate's placement of each module, with GPU indices written as devices (``cuda:1``)."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    return {name: f"cuda:{where}" if isinstance(where, int) else str(where) for name, where in placed.items()}

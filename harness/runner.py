@@ -138,14 +138,14 @@ def _run_ability(
     data_path = Path(cfg.data_dir) if cfg.data_dir else None
     setup = abilities.AbilitySetup.of(task, data_path, limit)
     load_started = time.perf_counter()
-    loaded = load_model(cfg.model, plugins.models())
+    loaded = load_model(cfg.model, plugins.models(), cfg.placement())
     load_seconds = time.perf_counter() - load_started
-    identity = setup.identity(loaded.identity["sha256"])
+    identity = setup.identity(loaded.fingerprint)
     out = _output_dir(cfg, editor, task.name, {"editor": editor, **identity})
     check_manifest(out, {"editor": editor, **identity})
-    result = abilities.baseline(setup, loaded.model, loaded.tokenizer, loaded.identity["sha256"], progress)
+    result = abilities.baseline(setup, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
     shutil.copyfile(
-        abilities.baseline_dir(setup, loaded.identity["sha256"]) / abilities.PREDICTIONS,
+        abilities.baseline_dir(setup, loaded.fingerprint) / abilities.PREDICTIONS,
         out / abilities.PREDICTIONS,
     )
     results = {
@@ -194,6 +194,9 @@ def run(
     then: str | None = None,
     then_limit: int | None = None,
     shard: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``editor`` on ``task`` and return the results dictionary (also in results.json).
 
@@ -203,6 +206,8 @@ def run(
     ``then`` names ability tasks (comma-separated) measured on the model holding every edit of an
     accumulating run, beside the unedited model; ``then_limit`` caps their examples. An ability task
     as ``task`` runs alone on the unedited model (``--editor none``), ``limit`` capping its examples.
+
+    ``device``, ``dtype`` and ``device_map`` place the model (``harness.runtime``).
 
     Running again with the same output directory resumes: finished edits are read back, not redone.
     """
@@ -220,6 +225,9 @@ def run(
         "then": then,
         "ability_limit": then_limit,
         "shard": shard,
+        "device": device,
+        "dtype": dtype,
+        "device_map": device_map,
     }
     resolved = config_module.resolve(
         editor_class.hparams_class,
@@ -262,7 +270,7 @@ def run(
         records = [r for r in records if r.id in mine]
 
     load_started = time.perf_counter()
-    loaded = load_model(cfg.model, plugins.models())
+    loaded = load_model(cfg.model, plugins.models(), cfg.placement())
     load_seconds = time.perf_counter() - load_started
     scoring = loaded.tokenizer
     if cfg.scoring_tokenizer:
@@ -284,20 +292,19 @@ def run(
         "hparams": hparams,
         "config": run_config,
         "model_sha256": loaded.identity["sha256"],
+        "runtime": loaded.runtime.value_identity(),
         "data": data_files,
         "templates": dict(templates.used),
     }
     if then_setups:
-        manifest["then"] = {s.task.name: s.identity(loaded.identity["sha256"]) for s in then_setups}
+        manifest["then"] = {s.task.name: s.identity(loaded.fingerprint) for s in then_setups}
     out = _output_dir(cfg, editor, task, manifest)
     if part:
         out = out / part.dirname
         manifest[shards.SHARD_KEY] = {"index": part.index, "count": part.count}
     check_manifest(out, manifest)
     unedited = {
-        s.task.name: abilities.baseline(
-            s, loaded.model, loaded.tokenizer, loaded.identity["sha256"], progress
-        )
+        s.task.name: abilities.baseline(s, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
         for s in then_setups
     }
 
@@ -305,7 +312,7 @@ def run(
         cache_dir=cache_dir(),
         seed=cfg.seed,
         data_dir=data_path,
-        model_id=loaded.identity["sha256"],
+        model_id=loaded.fingerprint,
         model_name=cfg.model,
         languages=tuple(task_obj.languages),
         training_set=getattr(task_obj, "training_set", ""),
@@ -328,7 +335,7 @@ def run(
         probe_every=cfg.probe_every,
         output_dir=out,
         cache_dir=cache_dir(),
-        model_fingerprint=loaded.identity["sha256"],
+        model_fingerprint=loaded.fingerprint,
         alignments=aligned.per_record if aligned else {},
     )
 
@@ -417,6 +424,8 @@ def train(
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,
     progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Train an editor that learns (``editor.train``) and store its checkpoint in the cache.
 
@@ -437,7 +446,7 @@ def train(
             if v is not None
         }
     )
-    cli = {"model": model, "data_dir": data_dir, "seed": seed}
+    cli = {"model": model, "data_dir": data_dir, "seed": seed, "device": device, "dtype": dtype}
     resolved = config_module.resolve(
         editor_class.hparams_class,
         editor,
@@ -455,10 +464,10 @@ def train(
     torch.manual_seed(cfg.seed)
     data = training.load_training_set(hparams.train_data, cfg.data_dir or None, editor)
     train_examples, validation = training.split(data, hparams)
-    loaded = load_model(cfg.model, plugins.models())
+    loaded = load_model(cfg.model, plugins.models(), cfg.placement())
     editor_obj = editor_class(hparams)
     extra = editor_obj.checkpoint_extra() if hasattr(editor_obj, "checkpoint_extra") else None
-    directory = training.checkpoint_dir(editor, hparams, loaded.identity["sha256"], data, extra)
+    directory = training.checkpoint_dir(editor, hparams, loaded.fingerprint, data, extra)
     if (directory / training.CHECKPOINT).is_file():
         log.info("already trained: %s", directory)
         return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
@@ -467,7 +476,7 @@ def train(
         cache_dir=cache_dir(),
         seed=cfg.seed,
         data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-        model_id=loaded.identity["sha256"],
+        model_id=loaded.fingerprint,
         model_name=cfg.model,
         training_set=data.name,
     )

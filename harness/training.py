@@ -252,8 +252,8 @@ def _count_parameters(state: Any) -> int:
 def batch_indices(count: int, size: int, seed: int, step: int) -> list[int]:
     """The examples of training step ``step``: a function of (seed, step) only, so a resumed run
     draws exactly the batches an uninterrupted one would."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randperm(count, generator=generator)[:size].tolist()
+    generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
+    return torch.randperm(count, generator=generator, device="cpu")[:size].tolist()
 
 
 def train_loop(

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.answers import final_hidden, output_logits, pad_batch, prompt_ids, target_ids
+from harness.answers import at_positions, final_hidden, output_logits, pad_batch, prompt_ids, target_ids
 from harness.api import EditRequest
 from harness.models import architecture, save_atomic
 from harness.results import write_json
+from harness.runtime import MASTER_DTYPE, device_of
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,15 @@ def module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def add_to_output(target: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
-    """Add ``delta`` (one vector, or one per row) to ``target``'s output at (row, position) pairs."""
+    """Add ``delta`` (one vector, or one per row) to ``target``'s output at (row, position) pairs. The
+    sum is taken in float32 (the delta's master dtype) and written back in the output's dtype, on the
+    output's device."""
 
     def hook(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = hidden.clone()
-        hidden[rows, cols] = hidden[rows, cols] + delta
+        at = (rows.to(hidden.device), cols.to(hidden.device))
+        hidden[at] = (hidden[at].to(MASTER_DTYPE) + delta.to(hidden.device)).to(hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handle = target.register_forward_hook(hook)
@@ -138,15 +142,19 @@ def representations(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Input (keys) or output (values, residual stream) of ``module_name`` at ``positions[i]`` of
-    ``texts[i]``: (n, width). The forward pass stops at the module."""
+    ``texts[i]``: (n, width), in float32 on the module's device. The forward pass stops at the module."""
     found = []
     target = module(model, module_name)
+    device = device_of(model)
     for start in range(0, len(texts), batch_size):
         chunk = list(range(start, min(start + batch_size, len(texts))))
-        ids, mask = pad_batch([prompt_ids(tokenizer, texts[i]) for i in chunk], tokenizer.pad_token_id)
+        ids, mask = pad_batch(
+            [prompt_ids(tokenizer, texts[i]) for i in chunk], tokenizer.pad_token_id, device
+        )
         (seen,) = run_until(model, ids, mask, [target], side)
-        found.append(seen[torch.arange(len(chunk)), torch.tensor([positions[i] for i in chunk])])
-    return torch.cat(found)
+        rows = torch.arange(len(chunk), device=device)
+        found.append(at_positions(seen, rows, torch.tensor([positions[i] for i in chunk], device=device)))
+    return torch.cat(found).to(MASTER_DTYPE)
 
 
 def keys_at(
@@ -195,7 +203,7 @@ def sample_texts(
             prompt_ids(tokenizer, starters[i % len(starters)])
             for i in range(start, min(start + batch_size, count))
         ]
-        ids, mask = pad_batch(prompts, tokenizer.pad_token_id, left=True)
+        ids, mask = pad_batch(prompts, tokenizer.pad_token_id, device_of(model), left=True)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -354,7 +362,7 @@ class _Packed:
     essence_cols: torch.Tensor  # per goal: last position of its essence row
 
 
-def _pack(tokenizer, goals: Sequence[ValueGoal]) -> _Packed:
+def _pack(tokenizer, goals: Sequence[ValueGoal], device: torch.device) -> _Packed:
     sequences, subject_cols, rows, goal_cols, goal_tokens, essence_cols = [], [], [], [], [], []
     for goal in goals:
         tokens = target_ids(tokenizer, goal.target)
@@ -364,17 +372,23 @@ def _pack(tokenizer, goals: Sequence[ValueGoal]) -> _Packed:
             encoded = prompt_ids(tokenizer, text)
             sequences.append(encoded + tokens[:-1])
             subject_cols.append(subject_last_token(tokenizer, text, goal.subject))
-            cols.append(torch.arange(len(encoded) - 1, len(encoded) - 1 + len(tokens)))
+            cols.append(list(range(len(encoded) - 1, len(encoded) - 1 + len(tokens))))
         essence = prompt_ids(tokenizer, goal.essence_prompt)
         sequences.append(essence)
         subject_cols.append(subject_last_token(tokenizer, goal.essence_prompt, goal.subject))
-        rows.append(torch.arange(first, len(sequences)))
-        goal_cols.append(torch.stack(cols))
-        goal_tokens.append(torch.tensor(tokens))
+        rows.append(torch.arange(first, len(sequences), device=device))
+        goal_cols.append(torch.tensor(cols, device=device))
+        goal_tokens.append(torch.tensor(tokens, device=device))
         essence_cols.append(len(essence) - 1)
-    ids, mask = pad_batch(sequences, tokenizer.pad_token_id)
+    ids, mask = pad_batch(sequences, tokenizer.pad_token_id, device)
     return _Packed(
-        ids, mask, torch.tensor(subject_cols), rows, goal_cols, goal_tokens, torch.tensor(essence_cols)
+        ids,
+        mask,
+        torch.tensor(subject_cols, device=device),
+        rows,
+        goal_cols,
+        goal_tokens,
+        torch.tensor(essence_cols, device=device),
     )
 
 
@@ -402,14 +416,16 @@ def optimise_values(
 
 
 def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[ValueResult]:
-    packed = _pack(tokenizer, goals)
+    device = device_of(model)
+    packed = _pack(tokenizer, goals, device)
     essence_rows = torch.stack([r[-1] for r in packed.rows])
     with torch.no_grad():
         hidden = final_hidden(model, packed.ids[essence_rows], packed.mask[essence_rows])
-        picked = hidden[torch.arange(len(goals)), packed.essence_cols]
-        essence_before = output_logits(model, picked).log_softmax(-1)
+        picked = at_positions(hidden, torch.arange(len(goals), device=device), packed.essence_cols)
+        essence_before = output_logits(model, picked).to(MASTER_DTYPE).log_softmax(-1)
     width = hidden.shape[-1]
-    deltas = [torch.zeros(width, requires_grad=True) for _ in goals]
+    # the deltas and Adam's state stay float32 whatever the weights' dtype
+    deltas = [torch.zeros(width, dtype=MASTER_DTYPE, device=device, requires_grad=True) for _ in goals]
     optimisers = [torch.optim.Adam([delta], lr=objective.lr) for delta in deltas]
     results = [ValueResult(delta=delta, losses=[], steps=0) for delta in deltas]
     target = module(model, module_name)
@@ -417,25 +433,27 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
     for step in range(1, objective.steps + 1):
         rows = torch.cat([packed.rows[g] for g in active])
         per_row = torch.stack([deltas[g] for g in active for _ in packed.rows[g]])
-        local = torch.arange(len(rows))
+        local = torch.arange(len(rows), device=device)
         with add_to_output(target, local, packed.subject_cols[rows], per_row):
             hidden = final_hidden(model, packed.ids[rows], packed.mask[rows])
         offset, still_active, total = 0, [], 0.0
         for g in active:
             n_rows = len(packed.rows[g])
             prompts = hidden[offset : offset + n_rows - 1]
-            at_goal = prompts[torch.arange(n_rows - 1)[:, None], packed.goal_cols[g]]
-            essence = hidden[offset + n_rows - 1, packed.essence_cols[g]]
-            log_probs = output_logits(model, torch.cat([at_goal.flatten(0, 1), essence[None]])).log_softmax(
-                -1
+            at_goal = at_positions(
+                prompts, torch.arange(n_rows - 1, device=device)[:, None], packed.goal_cols[g]
             )
-            tokens = packed.goal_tokens[g].repeat(n_rows - 1)
+            essence = hidden[offset + n_rows - 1, packed.essence_cols[g].to(hidden.device)]
+            scored = output_logits(model, torch.cat([at_goal.flatten(0, 1), essence[None]]))
+            log_probs = scored.to(MASTER_DTYPE).log_softmax(-1)
+            tokens = packed.goal_tokens[g].repeat(n_rows - 1).to(log_probs.device)
             nll = -log_probs[:-1].gather(-1, tokens[:, None]).mean()
             kl = torch.nn.functional.kl_div(
-                essence_before[g], log_probs[-1], log_target=True, reduction="sum"
+                essence_before[g].to(log_probs.device), log_probs[-1], log_target=True, reduction="sum"
             )
             norm = goals[g].reference_norm
-            loss = nll + objective.kl_factor * kl + objective.weight_decay * deltas[g].norm() / norm**2
+            decay = (objective.weight_decay * deltas[g].norm() / norm**2).to(kl.device)
+            loss = nll + objective.kl_factor * kl + decay
             results[g].losses.append(loss.item())
             results[g].steps = step
             offset += n_rows
@@ -477,7 +495,7 @@ def value_change(
     """
     if post is None:
         return wanted
-    values = values.detach()
+    values, wanted = values.detach().to(MASTER_DTYPE), wanted.to(MASTER_DTYPE)
     with torch.no_grad():
         goal = post(values) + wanted
     wanted_scale = wanted.pow(2).sum(-1).clamp_min(1e-12)
@@ -505,11 +523,13 @@ def rank_one_update(
 ) -> None:
     """In place: W <- W + delta u^T / (u^T k), so that W'k = Wk + delta and W'x = Wx when u^T x = 0.
 
-    ``direction`` is u = C^-1 k (None: u = k, i.e. C = I). ``transposed`` for (in, out) layouts.
+    ``direction`` is u = C^-1 k (None: u = k, i.e. C = I). ``transposed`` for (in, out) layouts. The
+    update is computed in float64 on the weight's device and rounded once into the weight's dtype.
     """
     u = key if direction is None else direction
-    scale = torch.dot(u.double(), key.double())
-    update = torch.outer(delta.double(), u.double()) / scale
+    u, key, delta = (t.to(weight.device, torch.float64) for t in (u, key, delta))
+    scale = torch.dot(u, key)
+    update = torch.outer(delta, u) / scale
     with torch.no_grad():
         weight.add_((update.T if transposed else update).to(weight.dtype))
 
@@ -527,9 +547,9 @@ def least_squares_update(
     ``preservation`` P = lambda * C weighs keeping W's answers on ordinary keys (MEMIT). The update
     minimises ||(W + U) K - (W K + R)||^2 + tr(U P U^T), i.e. satisfies U (P + K K^T) = R K^T.
     """
-    k = keys.double().T
-    system = preservation.double() + k @ k.T
-    update = residuals.double().T @ torch.linalg.solve(system, k).T
+    k = keys.to(weight.device, torch.float64).T
+    system = preservation.to(weight.device, torch.float64) + k @ k.T
+    update = residuals.to(weight.device, torch.float64).T @ torch.linalg.solve(system, k).T
     with torch.no_grad():
         weight.add_((update.T if transposed else update).to(weight.dtype))
     return update
@@ -582,25 +602,32 @@ def moment_corpus(model, tokenizer, settings: SecondMomentSettings, context) -> 
 def regularised_moments(
     model, tokenizer, module_names: Sequence[str], settings: SecondMomentSettings, context
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """C + ridge * mean(diag C) * I for each module (float64; identity when second moments are off),
-    and the corpus label."""
+    """C + ridge * mean(diag C) * I for each module (float64 on the module's device; identity when
+    second moments are off), and the corpus label."""
     if not settings.second_moments:
-        return {name: torch.eye(_input_width(model, name), dtype=torch.float64) for name in module_names}, (
-            "none (C = I)"
-        )
+        identity = {}
+        for name in module_names:
+            device = _weight(model, name).device
+            identity[name] = torch.eye(_input_width(model, name), dtype=torch.float64, device=device)
+        return identity, "none (C = I)"
     texts, label = moment_corpus(model, tokenizer, settings, context)
     moments = second_moments(
         model, tokenizer, module_names, texts, settings.second_moment_tokens, Path(context.cache_dir)
     )
     regularised = {}
     for name, moment in moments.items():
+        moment = moment.to(_weight(model, name).device)
         ridge = settings.second_moment_ridge * moment.diagonal().mean()
-        regularised[name] = moment + ridge * torch.eye(len(moment), dtype=moment.dtype)
+        regularised[name] = moment + ridge * torch.eye(len(moment), dtype=moment.dtype, device=moment.device)
     return regularised, label
 
 
+def _weight(model, module_name: str) -> torch.Tensor:
+    return module(model, module_name).weight
+
+
 def _input_width(model, module_name: str) -> int:
-    weight = module(model, module_name).weight
+    weight = _weight(model, module_name)
     return weight.shape[0] if architecture(model).transposed else weight.shape[1]
 
 
@@ -618,7 +645,7 @@ def _second_moment_key(fingerprint: str, module_name: str, texts: Sequence[str],
 
 def _load_verified(path: Path, expected_key: str) -> torch.Tensor | None:
     try:
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         moment, key, checksum = saved["moment"], saved["key"], saved["checksum"]
     except Exception:  # noqa: BLE001 - a partial or corrupt file is rebuilt, never trusted
         log.warning("second-moment cache %s is unreadable; recomputing", path)
@@ -639,13 +666,14 @@ def second_moments(
     batch_size: int = 64,
     max_length: int = 256,
 ) -> dict[str, torch.Tensor]:
-    """E[k k^T] of each module's input over the first ``tokens`` tokens of ``texts`` (float64), cached.
+    """E[k k^T] of each module's input over the first ``tokens`` tokens of ``texts``: products in
+    float32, sums in float64, returned on the CPU and cached.
 
-    One file per module, keyed by the model's content fingerprint, module, corpus hash, token budget
-    and dtype; a file that is unreadable or fails its checksum is recomputed. Modules missing from
-    the cache are computed together in one streaming pass (batches of ``batch_size`` texts, each cut
-    to ``max_length`` tokens) that stops at the deepest of them: memory is one d_ff x d_ff sum per
-    module plus one batch of activations.
+    One file per module, keyed by the model's fingerprint (content, dtype, device kind), module,
+    corpus hash, token budget and dtype; a file that is unreadable or fails its checksum is
+    recomputed. Modules missing from the cache are computed together in one streaming pass (batches
+    of ``batch_size`` texts, each cut to ``max_length`` tokens) that stops at the deepest of them:
+    memory is one d_ff x d_ff sum per module plus one batch of activations.
     """
     fingerprint = getattr(model, "harness_fingerprint", "unknown")
     found: dict[str, torch.Tensor] = {}
@@ -660,7 +688,7 @@ def second_moments(
     if missing:
         sums, count = _stream_moments(model, tokenizer, list(missing), texts, tokens, batch_size, max_length)
         for name, (key, path) in missing.items():
-            found[name] = sums[name] / count
+            found[name] = (sums[name] / count).cpu()
             payload = {
                 "moment": found[name],
                 "key": key,
@@ -682,11 +710,11 @@ def _stream_moments(model, tokenizer, names, texts, tokens, batch_size, max_leng
         if count >= tokens:
             break
         batch = [prompt_ids(tokenizer, t)[:max_length] for t in texts[start : start + batch_size]]
-        ids, mask = pad_batch(batch, tokenizer.pad_token_id)
+        ids, mask = pad_batch(batch, tokenizer.pad_token_id, device_of(model))
         seen = run_until(model, ids, mask, targets, "input")
         take = None
         for name, inputs in zip(names, seen, strict=True):
-            keys = inputs[mask.bool()][: tokens - count]
+            keys = inputs[mask.to(inputs.device).bool()][: tokens - count].to(MASTER_DTYPE)
             take = len(keys)
             product = (keys.T @ keys).double()
             sums[name] = sums[name] + product if name in sums else product

@@ -18,6 +18,7 @@ from harness.answers import (
     teacher_forced,
 )
 from harness.models import load_model
+from harness.runtime import ModelRuntime
 
 PAIRS = [
     ("The capital of Zembla is", "Ostrava"),
@@ -109,19 +110,19 @@ def test_read_answers_dispatches(lm, reference):
 
 
 def test_scored_positions():
-    rows, cols = scored_positions([3, 1, 5], [2, 3, 1])
+    rows, cols = scored_positions([3, 1, 5], [2, 3, 1], "cpu")
     assert rows.tolist() == [0, 0, 1, 1, 1, 2]
     assert cols.tolist() == [2, 3, 0, 1, 2, 4]
     assert rows.dtype == cols.dtype == torch.long
-    rows, cols = scored_positions([4], [0])
+    rows, cols = scored_positions([4], [0], "cpu")
     assert rows.tolist() == [] and cols.tolist() == []
 
 
 def test_pad_batch_right_and_left():
-    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0, device="cpu")
     assert torch.equal(ids, torch.tensor([[5, 6, 7], [8, 0, 0], [9, 10, 0]]))
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]]))
-    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=99, left=True)
+    ids, mask = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=99, device="cpu", left=True)
     assert torch.equal(ids, torch.tensor([[5, 6, 7], [99, 99, 8], [99, 9, 10]]))
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [0, 0, 1], [0, 1, 1]]))
     assert ids.dtype == mask.dtype == torch.long
@@ -186,7 +187,7 @@ def test_answers_after_an_encoded_prefix_match_the_whole_prompt(tiny, family):
 
 def test_output_logits_applies_softcapping(lm):
     model, tokenizer = lm.model, lm.tokenizer
-    ids, mask = pad_batch([tokenizer("The capital of Zembla is").input_ids], tokenizer.pad_token_id)
+    ids, mask = pad_batch([tokenizer("The capital of Zembla is").input_ids], tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         hidden = final_hidden(model, ids, mask)[0]
         raw = model.get_output_embeddings()(hidden)
@@ -214,6 +215,7 @@ class ScriptedModel:
 
     def __init__(self, tokenizer, continuations: dict[str, str]):
         self.tokenizer, self.continuations, self.calls = tokenizer, continuations, []
+        self.harness_runtime = ModelRuntime(device=torch.device("cpu"), dtype=torch.float32)
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **kwargs):
         self.calls.append(max_new_tokens)

@@ -17,7 +17,7 @@ OTHER = EditRequest("The capital of Quellia is", "Parvel", "Quellia", "en")
 
 
 def _fine_tuning_gradients(model, tokenizer, mend: MEND, requests) -> dict[str, torch.Tensor]:
-    batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests])
+    batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests], "cpu")
     weights = [model.get_parameter(name) for name in mend.modules]
     with torch.enable_grad():
         for weight in weights:
@@ -105,7 +105,7 @@ def test_short_training_lowers_the_edit_loss_on_held_out_records(tiny_llama, syn
         )
     )
     context = EditorContext(
-        cache_dir=None, model_id=tiny_llama.identity["sha256"], training_set="synthetic_en"
+        cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en"
     )
     mend.prepare(tiny_llama.model, tiny_llama.tokenizer, context)
     selected = summary["selected"]  # the best validation loss, step 0 included

@@ -14,7 +14,7 @@ TEXTS = ["Paris is the capital of France.", "巴黎是法国的首都。", "Rive
 
 
 def _direct(model, tokenizer, module_name: str) -> torch.Tensor:
-    ids, mask = pad_batch([prompt_ids(tokenizer, t) for t in TEXTS], tokenizer.pad_token_id)
+    ids, mask = pad_batch([prompt_ids(tokenizer, t) for t in TEXTS], tokenizer.pad_token_id, "cpu")
     seen = []
     handle = model.get_submodule(module_name).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:

@@ -32,7 +32,7 @@ def trained_serac(tiny_llama, synthetic_training_set):
     )
     editor = SERAC(hparams)
     context = EditorContext(
-        cache_dir=None, model_id=tiny_llama.identity["sha256"], training_set="synthetic_en"
+        cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en"
     )
     editor.prepare(tiny_llama.model, tiny_llama.tokenizer, context)
     return editor, summary

@@ -54,7 +54,7 @@ def test_checkpoint_key_ignores_runtime_only_settings_and_the_spelling_of_the_da
 def test_editing_with_an_untrained_editor_says_how_to_train_it(tiny_llama, synthetic_training_set):
     context = EditorContext(
         cache_dir=None,
-        model_id=tiny_llama.identity["sha256"],
+        model_id=tiny_llama.fingerprint,
         model_name="tiny-llama",
         training_set="synthetic_en",
     )
@@ -70,7 +70,7 @@ def test_the_suggested_training_command_carries_the_hparams_the_checkpoint_depen
 ):
     context = EditorContext(
         cache_dir=None,
-        model_id=tiny_llama.identity["sha256"],
+        model_id=tiny_llama.fingerprint,
         model_name="tiny-llama",
         training_set="synthetic_en",
     )

@@ -17,6 +17,7 @@ from harness.answers import TargetBatch
 from harness.api import Edit, EditorContext, EditRequest
 from harness.hookspecs import hookimpl
 from harness.models import architecture
+from harness.runtime import device_of
 
 NAME = "example-ft"
 DEFAULT_DEPTH = 0.6  # no layer given: 60% up the stack (kept locality better than the last on Gemma-3)
@@ -66,7 +67,7 @@ class ExampleFT:
             raise RuntimeError(f"{NAME}: call prepare() before apply()")
         edit = Edit.snapshot(model, [self.weight_name])  # before any change: restore() copies it back
         weight = model.get_parameter(self.weight_name)
-        batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests])
+        batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests], device_of(model))
         optimiser = torch.optim.Adam([weight], lr=self.hparams.lr)
         weight.requires_grad_(True)
         steps = 0

@@ -27,7 +27,11 @@ def editor(lm, hparams: ExampleFTHparams = TINY) -> ExampleFT:
 
 def target_nll(lm) -> float:
     with torch.no_grad():
-        return TargetBatch.of(lm.tokenizer, [(REQUEST.prompt, REQUEST.target)]).nll_per_pair(lm.model).item()
+        return (
+            TargetBatch.of(lm.tokenizer, [(REQUEST.prompt, REQUEST.target)], lm.runtime.device)
+            .nll_per_pair(lm.model)
+            .item()
+        )
 
 
 def answer(lm) -> str:

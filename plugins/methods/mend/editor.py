@@ -26,6 +26,7 @@ from torch.func import functional_call
 from harness.answers import TargetBatch, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
+from harness.runtime import MASTER_DTYPE, device_of
 from harness.training import TrainingSession, TrainingSettings, batch_indices, train_loop, trained_state
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,21 @@ class MENDHparams(TrainingSettings):
 
 class GradientTransform(torch.nn.Module):
     """(x_t, delta_t) -> (x~_t, delta~_t): residual low-rank blocks on standardised inputs, zero-initialised
-    output layers, so a fresh transform is the identity."""
+    output layers, so a fresh transform is the identity. Float32 on ``device``, whatever the model's dtype."""
 
-    def __init__(self, width_in: int, width_out: int, rank: int, blocks: int):
+    def __init__(self, width_in: int, width_out: int, rank: int, blocks: int, device: torch.device):
         super().__init__()
         self.width_in = width_in
         for name, width in (("x", width_in), ("delta", width_out)):
-            self.register_buffer(f"{name}_mean", torch.zeros(width))
-            self.register_buffer(f"{name}_std", torch.ones(width))
+            self.register_buffer(f"{name}_mean", torch.zeros(width, dtype=MASTER_DTYPE, device=device))
+            self.register_buffer(f"{name}_std", torch.ones(width, dtype=MASTER_DTYPE, device=device))
         width = width_in + width_out
-        self.down = torch.nn.ModuleList(torch.nn.Linear(width, rank) for _ in range(blocks))
-        self.up = torch.nn.ModuleList(torch.nn.Linear(rank, width) for _ in range(blocks))
+        self.down = torch.nn.ModuleList(
+            torch.nn.Linear(width, rank, dtype=MASTER_DTYPE, device=device) for _ in range(blocks)
+        )
+        self.up = torch.nn.ModuleList(
+            torch.nn.Linear(rank, width, dtype=MASTER_DTYPE, device=device) for _ in range(blocks)
+        )
         for layer in self.up:
             torch.nn.init.zeros_(layer.weight)
             torch.nn.init.zeros_(layer.bias)
@@ -105,7 +110,7 @@ def token_gradients(
 ) -> TokenGradients:
     """Inputs and output gradients of each module in ``modules`` (weight name -> module name) for the
     summed per-pair mean NLL of ``pairs`` (so a batch of edits is the sum of single edits)."""
-    batch = TargetBatch.of(tokenizer, pairs)
+    batch = TargetBatch.of(tokenizer, pairs, device_of(model))
     inputs, zeros, handles = {}, {}, []
 
     def tap(name: str):
@@ -127,8 +132,8 @@ def token_gradients(
             handle.remove()
     real = batch.mask.bool()
     return TokenGradients(
-        x={n: inputs[n][real].float() for n in modules},
-        delta={n: g[real].float() for n, g in zip(modules, grads)},
+        x={n: inputs[n][real.to(inputs[n].device)].to(MASTER_DTYPE) for n in modules},
+        delta={n: g[real.to(g.device)].to(MASTER_DTYPE) for n, g in zip(modules, grads)},
         loss=loss.item(),
     )
 
@@ -162,8 +167,11 @@ class MEND:
         for index, weight_name in enumerate(self.modules):
             weight = model.get_parameter(weight_name)
             width_out, width_in = weight.T.shape if self.transposed else weight.shape
-            self.transforms[str(index)] = GradientTransform(width_in, width_out, hp.rank, hp.blocks)
-            self.log_step_sizes[str(index)] = torch.nn.Parameter(torch.tensor(hp.step_size).log())
+            self.transforms[str(index)] = GradientTransform(
+                width_in, width_out, hp.rank, hp.blocks, weight.device
+            )
+            step_size = torch.tensor(hp.step_size, dtype=MASTER_DTYPE, device=weight.device)
+            self.log_step_sizes[str(index)] = torch.nn.Parameter(step_size.log())
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
         self._build(model)
@@ -203,7 +211,8 @@ class MEND:
         changes = self.weight_changes(gradients)
         edit = Edit.snapshot(model, list(changes))
         for name, change in changes.items():
-            model.get_parameter(name).add_(change.to(model.get_parameter(name).dtype))
+            weight = model.get_parameter(name)
+            weight.copy_((weight.to(MASTER_DTYPE) + change.to(weight.device)).to(weight.dtype))
         edit.info = {
             "edit_loss": gradients.loss,
             "change_norms": {name: round(c.norm().item(), 6) for name, c in changes.items()},
@@ -286,18 +295,23 @@ class MEND:
         question and answer), both on the model edited functionally by this hypernetwork."""
         gradients = token_gradients(model, tokenizer, [(example.prompt, example.target)], self.modules)
         changes = self.weight_changes(gradients)
-        edited = {name: model.get_parameter(name) + change for name, change in changes.items()}
+        edited = {}
+        for name, change in changes.items():
+            weight = model.get_parameter(name)  # the sum in float32, fed to the model in its dtype
+            edited[name] = (weight.to(MASTER_DTYPE) + change.to(weight.device)).to(weight.dtype)
+        device = device_of(model)
 
-        def logits(ids: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        def logits(ids: list[int], parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+            batch = torch.tensor([ids], device=device)
+            inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
             return functional_call(model, parameters, args=(), kwargs=inputs).logits[0].float()
 
         rephrase = prompt_ids(tokenizer, example.rephrase)
         target = target_ids(tokenizer, example.target)
-        scored = logits(torch.tensor([rephrase + target]), edited)[len(rephrase) - 1 : -1]
-        edit_loss = F.cross_entropy(scored, torch.tensor(target))
-        local = torch.tensor(
-            [prompt_ids(tokenizer, example.locality_prompt) + target_ids(tokenizer, example.locality_answer)]
+        scored = logits(rephrase + target, edited)[len(rephrase) - 1 : -1]
+        edit_loss = F.cross_entropy(scored, torch.tensor(target, device=scored.device))
+        local = prompt_ids(tokenizer, example.locality_prompt) + target_ids(
+            tokenizer, example.locality_answer
         )
         with torch.no_grad():
             before = F.log_softmax(logits(local, {}), -1)

@@ -61,7 +61,7 @@ class ROME:
         weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
         prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
         key = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)[0]
-        value = (key @ weight) if arch.transposed else (weight @ key)
+        value = (key @ weight.float()) if arch.transposed else (weight.float() @ key.to(weight.device))
         goals = subject_goals(requests, prompt_sets, [float(value.norm())])
         (result,) = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
         direction = None

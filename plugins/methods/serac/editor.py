@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from harness.answers import Answer, TargetBatch, pad_batch, prompt_ids, read_answers
 from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
+from harness.runtime import MASTER_DTYPE, MasterCopies, device_of, runtime_of
 from harness.templates import Templates
 from harness.training import (
     RUNTIME_ONLY,
@@ -71,26 +72,28 @@ def pooled_states(model, tokenizer, texts: list[str], layer: int, batch_size: in
     pooled = []
     for start in range(0, len(texts), batch_size):
         chunk = [prompt_ids(tokenizer, t) for t in texts[start : start + batch_size]]
-        ids, mask = pad_batch(chunk, tokenizer.pad_token_id)
+        ids, mask = pad_batch(chunk, tokenizer.pad_token_id, device_of(model))
         (hidden,) = run_until(model, ids, mask, [target], "output")
         weights = mask.clone()
         if tokenizer.bos_token_id is not None:
             weights[:, 0] *= (ids[:, 0] != tokenizer.bos_token_id).long()
-        weights = weights.unsqueeze(-1).float()
-        pooled.append((hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1))
+        weights = weights.unsqueeze(-1).to(MASTER_DTYPE)
+        pooled.append(
+            (hidden.to(weights.device, MASTER_DTYPE) * weights).sum(1) / weights.sum(1).clamp(min=1)
+        )
     return torch.cat(pooled)
 
 
 class ScopeClassifier(torch.nn.Module):
-    """Scores whether a query falls in an edit's scope, from pooled base-model states of both."""
+    """Scores whether a query falls in an edit's scope, from pooled base-model states of both (float32)."""
 
-    def __init__(self, width: int, rank: int):
+    def __init__(self, width: int, rank: int, device: torch.device):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("std", torch.ones(width))
-        self.projection = torch.nn.Linear(width, rank)
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-        self.offset = torch.nn.Parameter(torch.tensor(-5.0))
+        self.register_buffer("mean", torch.zeros(width, dtype=MASTER_DTYPE, device=device))
+        self.register_buffer("std", torch.ones(width, dtype=MASTER_DTYPE, device=device))
+        self.projection = torch.nn.Linear(width, rank, dtype=MASTER_DTYPE, device=device)
+        self.scale = torch.nn.Parameter(torch.tensor(10.0, dtype=MASTER_DTYPE, device=device))
+        self.offset = torch.nn.Parameter(torch.tensor(-5.0, dtype=MASTER_DTYPE, device=device))
 
     def standardise(self, features: torch.Tensor) -> None:
         self.mean.copy_(features.mean(0))
@@ -113,7 +116,9 @@ def counterfactual_model(model, layers: int) -> torch.nn.Module:
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:layers]
-    small = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    runtime = runtime_of(model)
+    with torch.device(runtime.device):
+        small = AutoModelForCausalLM.from_config(config, dtype=runtime.dtype)
     wanted = set(small.state_dict())
     small.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted}, strict=False)
     small.set_input_embeddings(model.get_input_embeddings())
@@ -130,9 +135,10 @@ def trainable_state(small: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def answer_loss(model, tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL of each target given its prompt, teacher-forced argmax == target per target token)."""
-    batch = TargetBatch.of(tokenizer, pairs)
+    batch = TargetBatch.of(tokenizer, pairs, device_of(model))
     logits = batch.logits(model)
-    return F.cross_entropy(logits, batch.targets), (logits.argmax(-1) == batch.targets).float()
+    targets = batch.targets.to(logits.device)
+    return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float()
 
 
 class SERACEdit(Edit):
@@ -187,7 +193,7 @@ class SERAC:
         self.hparams = hparams
         self.templates = Templates()
         self.memory: list[EditRequest] = []
-        self.memory_embeddings = torch.zeros(0, hparams.classifier_rank)
+        self.memory_embeddings: torch.Tensor | None = None  # (edits, rank), made with the classifier
         self.model: Any = None
         self.tokenizer: Any = None
         self.classifier: ScopeClassifier | None = None
@@ -203,7 +209,9 @@ class SERAC:
         hp = self.hparams
         check_layers(self.name, "classifier_layer", hp.classifier_layer, model)
         self.model, self.tokenizer = model, tokenizer
-        self.classifier = ScopeClassifier(model.config.hidden_size, hp.classifier_rank)
+        device = device_of(model)
+        self.classifier = ScopeClassifier(model.config.hidden_size, hp.classifier_rank, device)
+        self.memory_embeddings = torch.zeros(0, hp.classifier_rank, dtype=MASTER_DTYPE, device=device)
         self.counterfactual = counterfactual_model(model, hp.counterfactual_layers)
 
     def prepare(self, model, tokenizer, context: EditorContext) -> None:
@@ -225,7 +233,7 @@ class SERAC:
     def scope(self, queries: list[str]) -> tuple[torch.Tensor, list[int]]:
         """Each query's best scope score over the memory (0 with an empty memory) and that edit's index."""
         if not self.memory:
-            return torch.zeros(len(queries)), [0] * len(queries)
+            return torch.zeros(len(queries), device=self.memory_embeddings.device), [0] * len(queries)
         embedded = self.classifier.embed(
             pooled_states(self.model, self.tokenizer, queries, self.hparams.classifier_layer)
         )
@@ -252,8 +260,13 @@ class SERAC:
         torch.manual_seed(context.seed)
         self._build(model, tokenizer)
         scope = None if session.has_progress else self._train_classifier(session, context.seed)
-        parameters = [p for p in self.counterfactual.parameters() if p.requires_grad]
-        optimiser = torch.optim.Adam(parameters, lr=hp.lr)
+        masters = MasterCopies([p for p in self.counterfactual.parameters() if p.requires_grad])
+        optimiser = torch.optim.Adam(masters.masters, lr=hp.lr)
+
+        def load(state: dict[str, Any]) -> None:
+            self._load(state)
+            masters.refresh()
+
         train_pairs = [
             (self.counterfactual_prompt(e, query), e.target)
             for e in session.train
@@ -267,7 +280,7 @@ class SERAC:
             loss, _ = answer_loss(self.counterfactual, tokenizer, pairs)
             optimiser.zero_grad()
             loss.backward()
-            optimiser.step()
+            masters.step(optimiser)
             self.counterfactual.eval()
             return {"loss": loss.item()}
 
@@ -278,7 +291,7 @@ class SERAC:
             step,
             self._validate_counterfactual(session),
             self._state,
-            self._load,
+            load,
             optimiser,
             "serac counterfactual",
             baseline=scope,
@@ -343,7 +356,13 @@ class SERAC:
             queries = classifier.embed(
                 torch.cat([train["rephrase"][chosen], train["prompt"][chosen], train["locality"][chosen]])
             )
-            labels = torch.cat([torch.eye(size), torch.eye(size), torch.zeros(size, size)])
+            labels = torch.cat(
+                [
+                    torch.eye(size, device=edits.device),
+                    torch.eye(size, device=edits.device),
+                    torch.zeros(size, size, device=edits.device),
+                ]
+            )
             weight = (labels.numel() - labels.sum()) / labels.sum()
             loss = F.binary_cross_entropy_with_logits(
                 classifier.logits(edits, queries), labels, pos_weight=weight
@@ -361,7 +380,7 @@ def scope_metrics(classifier: ScopeClassifier, features: dict[str, torch.Tensor]
     edits = classifier.embed(features["prompt"])
     rephrase = torch.sigmoid(classifier.logits(edits, classifier.embed(features["rephrase"])))
     unrelated = torch.sigmoid(classifier.logits(edits, classifier.embed(features["locality"])))
-    own = torch.eye(len(edits), dtype=torch.bool)
+    own = torch.eye(len(edits), dtype=torch.bool, device=edits.device)
     return {
         "scope_recall": (rephrase[own] >= threshold).float().mean().item(),
         "scope_false_positive_rephrase": (rephrase[~own] >= threshold).float().mean().item(),

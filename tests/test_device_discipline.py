@@ -1,0 +1,142 @@
+"""Every tensor the harness creates follows the model's runtime.
+
+With ``torch.set_default_device("meta")`` in force while the model lives on the CPU, a tensor made
+without naming its device lands on the meta device and the first operation mixing it with the model's
+CPU tensors fails. So each editor's prepare, one edit, its probes and its restore, the ability tasks,
+and one training step of SERAC and MEND run here under that default: on a GPU the same tensors would
+have been a crash or a silent copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+from harness import abilities, plugins, training
+from harness.api import EditorContext, EditRequest
+from harness.config import build
+from harness.models import cache_dir
+
+REQUEST = EditRequest("The capital of Zorbania is", "Lunaris", "Zorbania", "en", "r0")
+PROBES = [("The capital of Zorbania is", "Lunaris"), ("What do bees make?", "honey")]
+
+# small hparams so each editor runs in seconds on the tiny model
+SETTINGS = {
+    "rome": {
+        "layer": 1,
+        "steps": 3,
+        "context_lengths": (3,),
+        "contexts_per_length": 1,
+        "second_moments": True,
+        "second_moment_tokens": 200,
+    },
+    "memit": {
+        "layers": (1, 2),
+        "steps": 3,
+        "context_lengths": (3,),
+        "contexts_per_length": 1,
+        "second_moment_tokens": 200,
+    },
+    "ft-l": {"layers": (1,), "steps": 2},
+    "ft-m": {"layers": (1,), "steps": 2},
+    "kn": {"layers": (1, 2), "steps": 3},
+    "ike": {"k": 3, "encoder": "char-ngram", "train_data": "synthetic_en"},
+}
+TRAINED = {
+    "serac": {
+        "train_limit": 0,
+        "classifier_layer": 2,
+        "classifier_steps": 2,
+        "counterfactual_layers": 2,
+        "steps": 1,
+        "batch_size": 2,
+        "validate_every": 1,
+        "validation_size": 4,
+        "train_data": "synthetic_en",
+    },
+    "mend": {
+        "train_limit": 0,
+        "steps": 1,
+        "norm_examples": 2,
+        "validate_every": 1,
+        "validation_size": 4,
+        "validation_examples": 2,
+        "train_data": "synthetic_en",
+        "layers": (2, 3),
+    },
+}
+
+
+@contextlib.contextmanager
+def meta_default():
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+def _editor(name: str, settings: dict):
+    editor_class = plugins.lookup("editor", name, plugins.editors())
+    return editor_class(build(editor_class.hparams_class, settings, f"{name} hparams"))
+
+
+def _context(lm) -> EditorContext:
+    return EditorContext(
+        cache_dir=cache_dir(),
+        model_id=lm.fingerprint,
+        model_name="tiny-llama",
+        languages=("en",),
+        training_set="synthetic_en",
+    )
+
+
+def _prepare_edit_probe_restore(editor, lm, context: EditorContext) -> None:
+    before = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+    with meta_default():
+        editor.prepare(lm.model, lm.tokenizer, context)
+        edit = editor.apply(lm.model, lm.tokenizer, [REQUEST])
+        answers = edit.answers(lm.model, lm.tokenizer, PROBES, "teacher_forced", 16)
+        generated = edit.answers(lm.model, lm.tokenizer, PROBES, "generate", 16)
+        edit.restore()
+    assert len(answers) == len(generated) == len(PROBES)
+    assert all(p.device.type == "cpu" for p in lm.model.parameters())
+    for name, parameter in lm.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_editor_creates_every_tensor_on_the_model_device(name, tiny_llama, synthetic_training_set, data_dir):
+    settings = dict(SETTINGS[name])
+    if name in ("rome", "memit"):
+        settings["second_moment_corpus"] = ("zsre_train/train_en_10000.tsv",)
+    context = dataclasses.replace(_context(tiny_llama), data_dir=data_dir)
+    _prepare_edit_probe_restore(_editor(name, settings), tiny_llama, context)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED))
+def test_training_step_and_edit_follow_the_model_device(name, tiny_llama, synthetic_training_set):
+    editor = _editor(name, TRAINED[name])
+    hparams = editor.hparams
+    data = training.load_training_set("synthetic_en", None, name)
+    train_examples, validation = training.split(data, hparams)
+    extra = editor.checkpoint_extra() if hasattr(editor, "checkpoint_extra") else None
+    directory = training.checkpoint_dir(name, hparams, tiny_llama.fingerprint, data, extra)
+    directory.mkdir(parents=True, exist_ok=True)
+    session = training.TrainingSession(directory, train_examples, validation, 0, False, {})
+    with meta_default():
+        summary = editor.train(tiny_llama.model, tiny_llama.tokenizer, session, _context(tiny_llama))
+    assert summary["final"]["step"] == 1
+    _prepare_edit_probe_restore(_editor(name, TRAINED[name]), tiny_llama, _context(tiny_llama))
+
+
+@pytest.mark.parametrize("task_name", ["general_nli", "general_open_qa"])
+def test_ability_tasks_follow_the_model_device(task_name, tiny_llama, data_dir, tmp_path):
+    task = plugins.lookup("task", task_name, plugins.tasks(data_dir))
+    setup = abilities.AbilitySetup.of(task, data_dir, 2)
+    with meta_default():
+        result = setup.evaluate(tiny_llama.model, tiny_llama.tokenizer, tmp_path / task_name, progress=False)
+    assert task.metric in result["metrics"]
