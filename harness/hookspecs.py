@@ -34,6 +34,12 @@ def register_models(register):
 
 
 @hookspec
+def register_architectures(register):
+    """Call ``register(model_type, architecture)`` with a ``harness.models.Architecture`` for each
+    transformers ``config.model_type`` whose module names the built-in map lacks."""
+
+
+@hookspec
 def register_metrics(register):
     """Call ``register(name, fn)`` with ``fn(answer_ids, expected_ids, answer, expected) -> float``."""
 

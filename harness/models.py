@@ -54,30 +54,37 @@ class Architecture:
 
 _LLAMA_STYLE = Architecture(layers="model.layers", mlp_out="model.layers.{}.mlp.down_proj")
 _GEMMA2_STYLE = dataclasses.replace(_LLAMA_STYLE, mlp_post="model.layers.{}.post_feedforward_layernorm")
+# Built-in module maps by transformers ``config.model_type``; plugins add others through the
+# ``register_architectures`` hook.
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _LLAMA_STYLE,
+    "llama": _LLAMA_STYLE,  # Llama 2 and 3
+    "mistral": _LLAMA_STYLE,
     "qwen2": _LLAMA_STYLE,
     "qwen3": _LLAMA_STYLE,
-    "mistral": _LLAMA_STYLE,
+    "phi3": _LLAMA_STYLE,  # gate and up are one fused matrix; down_proj is as in Llama
     "gemma": _LLAMA_STYLE,
     "gemma2": _GEMMA2_STYLE,
     "gemma3_text": _GEMMA2_STYLE,
-    "gpt2": Architecture(
-        layers="transformer.h",
-        mlp_out="transformer.h.{}.mlp.c_proj",
-        transposed=True,
-    ),
+    "gpt2": Architecture(layers="transformer.h", mlp_out="transformer.h.{}.mlp.c_proj", transposed=True),
+    "gptj": Architecture(layers="transformer.h", mlp_out="transformer.h.{}.mlp.fc_out"),
 }
 
 
 def architecture(model: torch.nn.Module) -> Architecture:
+    """The module map of the model's ``config.model_type``: built in, or added by a plugin."""
+    from harness import plugins
+
     model_type = model.config.model_type
-    if model_type not in ARCHITECTURES:
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    added = plugins.architectures()
+    if model_type not in added:
         raise ValueError(
-            f"no architecture map for model_type {model_type!r}; known: {sorted(ARCHITECTURES)}. "
-            "Add an entry to harness.models.ARCHITECTURES."
+            f"no architecture map for model_type {model_type!r}; known: {sorted({*ARCHITECTURES, *added})}. "
+            "A plugin adds one with the register_architectures hook: register(model_type, "
+            "harness.models.Architecture(layers=..., mlp_out=...)), see docs/hooks.md"
         )
-    return ARCHITECTURES[model_type]
+    return added[model_type]
 
 
 def check_layers(editor: str, key: str, value: int | tuple[int, ...], model: torch.nn.Module) -> None:

@@ -131,6 +131,11 @@ def models() -> dict[str, Any]:
     return _collect("register_models", lambda args: args[0].name)
 
 
+def architectures() -> dict[str, Any]:
+    """Module maps plugins add for model types the built-in map lacks (``{model_type: Architecture}``)."""
+    return _collect("register_architectures", lambda args: args[0])
+
+
 def metric_functions() -> dict[str, Any]:
     return _collect("register_metrics", lambda args: args[0])
 

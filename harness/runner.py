@@ -284,7 +284,8 @@ def run(
     run_config = {
         k: v
         for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("limit", "output_dir", "threads", shards.SHARD_KEY)
+        # placement is recorded as resolved (``runtime`` below): --device auto and cpu are one run
+        if k not in ("limit", "output_dir", "threads", shards.SHARD_KEY, "device", "dtype", "device_map")
     }
     manifest = {
         "editor": editor,

@@ -1,0 +1,93 @@
+"""The dtype path end to end: every built-in editor on the demo model in bfloat16 (3 records).
+
+The model is really bfloat16, the edits still land (reliability within 10 F1 of the float32 run of
+the same records), every restore was verified bit for bit (the evaluator raises otherwise), and the
+runs' caches and output directories are not shared with float32 ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import plugins
+from harness.models import load_model
+from harness.runner import run, train
+from harness.runtime import Placement
+
+pytestmark = pytest.mark.slow
+
+TASK = "bizsre_en_zh"
+RELIABILITY = "reliability.en.f1"
+# SERAC and MEND train small first (tests/test_end_to_end_trained.py uses the same settings)
+TRAINED = {
+    "serac": {
+        "train_limit": 40,
+        "validation_size": 10,
+        "classifier_steps": 300,
+        "steps": 4,
+        "validate_every": 4,
+    },
+    "mend": {
+        "train_limit": 40,
+        "validation_size": 10,
+        "steps": 10,
+        "validate_every": 10,
+        "norm_examples": 10,
+        "validation_examples": 5,
+    },
+}
+EDITORS = ["ft-l", "ft-m", "ike", "kn", "memit", "mend", "rome", "serac"]
+
+
+def _run(editor: str, dtype: str, data_dir, out) -> dict:
+    settings = {k: str(v) for k, v in TRAINED.get(editor, {}).items()}
+    if editor in TRAINED:
+        train(
+            editor,
+            train_data="zsre_en",
+            model="gemma3-270m",
+            data_dir=str(data_dir),
+            overrides=settings,
+            progress=False,
+            dtype=dtype,
+            device="cpu",
+        )
+    return run(
+        editor=editor,
+        task=TASK,
+        model="gemma3-270m",
+        data_dir=str(data_dir),
+        output_dir=str(out),
+        limit=3,
+        overrides=settings,
+        progress=False,
+        dtype=dtype,
+        device="cpu",
+    )
+
+
+def test_bfloat16_and_float32_caches_are_apart(gemma):
+    bf16 = load_model("gemma3-270m", plugins.models(), Placement(device="cpu", dtype="bfloat16"))
+    assert bf16.model.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in bf16.model.parameters())
+    assert bf16.identity["sha256"] == gemma.identity["sha256"]  # the same weights...
+    assert bf16.fingerprint != gemma.fingerprint  # ...but never the same cache entries
+    # the bfloat16 checkpoint holds the float32 weights rounded once
+    for (name, rounded), (_, full) in zip(bf16.model.named_parameters(), gemma.model.named_parameters()):
+        assert torch.equal(rounded, full.to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize("editor", EDITORS)
+def test_editor_in_bfloat16_matches_float32(editor, gemma, data_dir, tmp_path):
+    half = _run(editor, "bfloat16", data_dir, tmp_path / "bf16")
+    full = _run(editor, "float32", data_dir, tmp_path / "fp32")
+    assert half["model"]["dtype"] == "bfloat16" and full["model"]["dtype"] == "float32"
+    assert half["record_ids"] == full["record_ids"]
+    edited, unedited = half["results"][TASK][RELIABILITY], full["results"][TASK][RELIABILITY]
+    assert abs(edited - unedited) <= 10, f"{editor}: reliability {edited:.1f} in bf16, {unedited:.1f} in fp32"
+    manifests = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("bf16", "fp32")]
+    assert manifests[0]["runtime"] == {"dtype": "bfloat16", "device": "cpu"}
+    assert manifests[1]["runtime"] == {"dtype": "float32", "device": "cpu"}
