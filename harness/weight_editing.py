@@ -530,8 +530,13 @@ def rank_one_update(
     u, key, delta = (t.to(weight.device, torch.float64) for t in (u, key, delta))
     scale = torch.dot(u, key)
     update = torch.outer(delta, u) / scale
-    with torch.no_grad():
-        weight.add_((update.T if transposed else update).to(weight.dtype))
+    _write(weight, update.T if transposed else update)
+
+
+@torch.no_grad()
+def _write(weight: torch.Tensor, update: torch.Tensor) -> None:
+    """W <- W + U with the sum taken in float64 and rounded once into the weight's dtype."""
+    weight.copy_(weight.double() + update)
 
 
 def least_squares_update(
@@ -550,8 +555,7 @@ def least_squares_update(
     k = keys.to(weight.device, torch.float64).T
     system = preservation.to(weight.device, torch.float64) + k @ k.T
     update = residuals.to(weight.device, torch.float64).T @ torch.linalg.solve(system, k).T
-    with torch.no_grad():
-        weight.add_((update.T if transposed else update).to(weight.dtype))
+    _write(weight, update.T if transposed else update)
     return update
 
 
