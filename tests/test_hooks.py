@@ -30,6 +30,7 @@ def test_the_contract_has_the_hooks_this_page_documents():
         "after_run",
         "before_edit",
         "editor_defaults",
+        "register_architectures",
         "register_editors",
         "register_metrics",
         "register_models",
