@@ -18,7 +18,7 @@ BASELINE = {
     "n-samples": 3,
     "task": {"name": TASK},
     "model": {"sha256": "9865513" + "0" * 57, "path": "/a/tiny-llama-v1"},
-    "data": {"/work/shared/data/bizsre/bizsre_test_enzh_743.json": "fc6b0d" + "1" * 58},
+    "data": {"/data/bizsre/bizsre_test_enzh_743.json": "fc6b0d" + "1" * 58},
     "templates": {"bizsre/question.jinja": "ab" * 32},
     "scoring": {"answer_mode": "teacher_forced", "tokenizer": "model"},
     "editing": {"mode": "single", "batch_size": 1},
