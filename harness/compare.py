@@ -335,6 +335,11 @@ def library_versions(current: dict[str, Any], baseline: dict[str, Any]) -> list[
     ]
 
 
+def _kind(field: str) -> str:
+    """The cause a refusal field belongs to: model.* (its hash and any other model field), data, setup."""
+    return MODEL if field.startswith("model.") else DATA if field == "data" else SETUP
+
+
 def diagnose(
     current: dict[str, Any], baseline: dict[str, Any], refusals: list[Difference], rows: list[Row]
 ) -> list[Cause]:
@@ -343,9 +348,8 @@ def diagnose(
     if not refusals and not moved:
         return []
     causes = []
-    kinds = {"model.sha256": MODEL, "data": DATA}  # every other refusal field is the setup
     for kind in (MODEL, DATA, SETUP):
-        found = [d for d in refusals if kinds.get(d.field, SETUP) == kind]
+        found = [d for d in refusals if _kind(d.field) == kind]
         if found:
             causes.append(Cause(kind, "; ".join(str(d) for d in found)))
     versions = library_versions(current, baseline)
