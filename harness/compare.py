@@ -25,6 +25,12 @@ examples after edits), the answer mode, the scoring tokenizer, the editing mode 
 ``allow`` downgrades named refusals to notes (a deliberate cross-model comparison). What may
 legitimately differ (editor, hparams, other settings, versions, git commit, run time) is listed as
 notes.
+
+When the comparison fails, ``causes`` says why, most fundamental first, each with what to do: the
+model differs, the data differs, the setup differs (templates, task, samples, scoring, editing
+mode), the library versions differ (``versions`` of results.json; the project's own version is not
+a library), or, with all of those equal, only the numbers moved (a code change). ``render`` ends
+with them.
 """
 
 from __future__ import annotations
@@ -132,13 +138,70 @@ class Difference:
         return f"{self.field}: {self.baseline} -> {self.current}{suffix}"
 
 
+MODEL, DATA, SETUP, VERSIONS, NUMBERS = "model", "data", "setup", "versions", "numbers"
+PROJECT = "kedit-harness"  # its version in results.json is the code's, not a library's
+ADVICE = {
+    MODEL: (
+        "the checkpoint is not the one the baseline ran on. A tiny random model changes only when its "
+        "builder (plugins/models/tiny, with its VERSION) changes; a real model when its file changes. If "
+        "that is intended, regenerate the baseline (`harness leaderboard SPEC --data-dir DATA`) and commit "
+        "it with the reason; otherwise find what changed the checkpoint"
+    ),
+    DATA: (
+        "the data files are not the ones the baseline was measured on: point --data-dir (or "
+        "HARNESS_DATA_DIR) at the same data (file names and sha256 above); if the data changed on "
+        "purpose, regenerate the baseline and commit it with the reason"
+    ),
+    SETUP: (
+        "the run measures something else (templates, task, samples, scoring or editing mode): if that "
+        "change is intended, regenerate the baseline and commit it with the reason"
+    ),
+    VERSIONS: (
+        "the installed libraries differ from the ones the baseline was produced with: install the tested "
+        "set (`pip install -c constraints.txt -e '.[test]'`, after `pip install torch==2.13.0`) and run "
+        "again. To move to the new versions on purpose, run `.ci/run-latest`, then update constraints.txt "
+        "and regenerate the baselines in one commit that says why"
+    ),
+    NUMBERS: (
+        "same model, data, setup and library versions, yet the numbers moved: a code change (harness, "
+        "editor, template) changed the results. If intended, regenerate the baseline and commit it with "
+        "the reason; otherwise it is a regression to find (e.g. git bisect running this check)"
+    ),
+}
+HEADLINES = {
+    MODEL: "the model differs",
+    DATA: "the data differs",
+    SETUP: "the setup differs",
+    VERSIONS: "library versions differ",
+    NUMBERS: "only the numbers moved",
+}
+KINDS = (MODEL, DATA, SETUP, VERSIONS, NUMBERS)  # most fundamental first
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """Why a comparison failed (``kind``: MODEL, DATA, SETUP, VERSIONS or NUMBERS) and what to do."""
+
+    kind: str
+    detail: str
+
+    @property
+    def advice(self) -> str:
+        return ADVICE[self.kind]
+
+    def __str__(self) -> str:
+        return f"{HEADLINES[self.kind]}: {self.detail}"
+
+
 @dataclasses.dataclass
 class Comparison:
-    """Every metric's row, the differences that make the runs incomparable, and the ones only noted."""
+    """Every metric's row, the differences that make the runs incomparable, the ones only noted, and,
+    when it fails, its causes."""
 
     rows: list[Row]
     refusals: list[Difference]
     notes: list[Difference]
+    causes: list[Cause] = dataclasses.field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -264,6 +327,49 @@ def _notes(current: dict[str, Any], baseline: dict[str, Any]) -> list[Difference
     return notes
 
 
+def library_versions(current: dict[str, Any], baseline: dict[str, Any]) -> list[Difference]:
+    """The ``versions`` entries (libraries and Python, not the project itself) that differ."""
+    return [
+        d
+        for d in _dict_notes("versions", baseline.get("versions"), current.get("versions"))
+        if d.field != f"versions.{PROJECT}"
+    ]
+
+
+def _kind(field: str) -> str:
+    """The cause a refusal field belongs to: model.* (its hash and any other model field), data, setup."""
+    return MODEL if field.startswith("model.") else DATA if field == "data" else SETUP
+
+
+def diagnose(
+    current: dict[str, Any], baseline: dict[str, Any], refusals: list[Difference], rows: list[Row]
+) -> list[Cause]:
+    """Why the comparison fails, most fundamental first (empty when it does not)."""
+    moved = [row for row in rows if row.status != OK]
+    if not refusals and not moved:
+        return []
+    causes = []
+    for kind in (MODEL, DATA, SETUP):
+        found = [d for d in refusals if _kind(d.field) == kind]
+        if found:
+            causes.append(Cause(kind, "; ".join(str(d) for d in found)))
+    versions = library_versions(current, baseline)
+    if versions:
+        shown = [f"{d.field.removeprefix('versions.')} {d.baseline} -> {d.current}" for d in versions]
+        causes.append(Cause(VERSIONS, ", ".join(shown)))
+    if not causes:
+        causes.append(Cause(NUMBERS, f"{len(moved)} of {len(rows)} metrics not OK"))
+    return causes
+
+
+def explain(comparison: Comparison) -> str:
+    """The causes of a failed comparison, each with what to do ('' when it passed)."""
+    lines = []
+    for cause in comparison.causes:
+        lines += [f"why: {cause}", f"  what to do: {cause.advice}"]
+    return "\n".join(lines)
+
+
 def compare(
     current: dict[str, Any],
     baseline: dict[str, Any],
@@ -281,7 +387,7 @@ def compare(
     differences = _refusals(current, baseline, allow)
     refusals = [d for d in differences if not d.allowed]
     notes = [d for d in differences if d.allowed] + _notes(current, baseline)
-    return Comparison(rows, refusals, notes)
+    return Comparison(rows, refusals, notes, diagnose(current, baseline, refusals, rows))
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -335,16 +441,22 @@ def summary(comparison: Comparison) -> str:
     return f"{len(comparison.rows)} metrics compared, {counts[MOVED]} beyond tolerance{extra}"
 
 
-def render(comparison: Comparison, show_all: bool = False, markdown: bool = False) -> str:
-    """Refusals (and nothing else) when the runs are not comparable; else notes, the rows that are
-    not OK (every row with ``show_all``) and a one-line summary."""
+def render(
+    comparison: Comparison, show_all: bool = False, markdown: bool = False, causes: bool = True
+) -> str:
+    """Refusals when the runs are not comparable; else notes, the rows that are not OK (every row
+    with ``show_all``) and a one-line summary. A failed comparison ends with its causes (unless
+    ``causes`` is false)."""
+    why = explain(comparison) if causes else ""
     if comparison.refusals:
         lines = ["refused: the runs are not comparable (baseline -> current):"]
         lines += [f"  {difference}" for difference in comparison.refusals]
         fields = " ".join(f"--allow-config-mismatch {d.field}" for d in comparison.refusals)
-        return "\n".join([*lines, f"(to compare anyway: {fields})"])
+        blocks = ("\n".join([*lines, f"(to compare anyway: {fields})"]), why)
+        return "\n\n".join(block for block in blocks if block)
     bullet = "- " if markdown else ""
     notes = "\n".join(f"{bullet}note: {note}" for note in comparison.notes)
     shown = [row for row in comparison.rows if show_all or row.status != OK]
     table = "\n".join(_table(shown, markdown)) if shown else ""
-    return "\n\n".join(block for block in (notes, table, summary(comparison)) if block)
+    blocks = (notes, table, summary(comparison), why)
+    return "\n\n".join(block for block in blocks if block)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import plugins, report
-from harness.compare import Comparison, Tolerance, compare
+from harness.compare import HEADLINES, KINDS, Comparison, Tolerance, compare, render
 from harness.config import ConfigError
 from harness.results import data_files, write_json
 
@@ -177,6 +177,29 @@ def check(spec: LeaderboardSpec, data_dir: str | None, scratch: Path, progress: 
             fresh = run_entry(spec, task, editor, data_dir, scratch, progress)
             comparisons[task, editor] = compare(fresh, stored, tolerances)
     return comparisons
+
+
+def check_report(spec: LeaderboardSpec, comparisons: dict[tuple[str, str], Comparison]) -> str:
+    """What ``check`` found, for a person: '' when every entry holds; else how many failed, grouped by
+    cause (model, data, setup, versions, only numbers) with what to do once per cause, then each
+    failed entry's comparison."""
+    failed = {key: c for key, c in comparisons.items() if c.exit_code != 0}
+    if not failed:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    advice: dict[str, str] = {}
+    for (task, editor), comparison in failed.items():
+        for cause in comparison.causes:
+            by_kind.setdefault(cause.kind, []).append(f"{editor} on {task}")
+            advice[cause.kind] = cause.advice
+    lines = [f"{len(failed)} of {len(comparisons)} entries of {spec.path.as_posix()} do not hold:"]
+    for kind in (k for k in KINDS if k in by_kind):
+        lines += [f"- {HEADLINES[kind]} in {len(by_kind[kind])}: {', '.join(by_kind[kind])}"]
+        lines += [f"  what to do: {advice[kind].replace('SPEC', spec.path.as_posix())}"]
+    for (task, editor), comparison in failed.items():
+        lines += ["", f"== {editor} on {task}", render(comparison, causes=False)]
+        lines += [f"   causes: {'; '.join(str(cause) for cause in comparison.causes)}"]
+    return "\n".join(lines)
 
 
 def _task_section(

@@ -13,12 +13,13 @@ from harness import cli, plugins
 from harness.api import EditRequest
 from harness.models import ARCHITECTURES, architecture, cache_dir, load_model
 from harness_plugins.models.demo import GEMMA3_270M_SHA256
+from harness_plugins.models.tiny import checkpoint_dir
 
 REQUEST = EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en")
 
 
 def test_local_directory_loads_with_a_content_fingerprint(tiny_llama, tmp_path):
-    source = cache_dir() / "tiny" / "tiny-llama-v1"
+    source = checkpoint_dir(cache_dir(), "tiny-llama")
     copy = tmp_path / "copy"
     shutil.copytree(source, copy)
     loaded = load_model(str(copy), {})
