@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import Record, TrainingExample, ValidationIssue
+from harness.datafiles import json_records
 from harness.hookspecs import hookimpl
 
 from .zsre_records import LOC_PREFIX, PROPERTIES, build_record, record_issues, training_file
@@ -58,12 +59,10 @@ class BiZsRETask:
         )
 
     def load_raw(self, data_dir: Path | None) -> list[dict[str, Any]]:
-        import datasets
-
         if data_dir is None:
             log.warning("no data directory configured: using the bundled sample of %s", SAMPLE.name)
         (path,) = self.data_files(data_dir)
-        return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+        return json_records(path)
 
     def validate(self, raw: list[dict[str, Any]]) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
@@ -107,10 +106,8 @@ class ZsRETrainingSet:
         return [training_file(self.name, self.relative_path, data_dir)]
 
     def examples(self, data_dir: Path | None) -> list[TrainingExample]:
-        import datasets
-
         (path,) = self.data_files(data_dir)
-        raw = datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+        raw = json_records(path)
         usable, skipped = [], []
         for index, item in enumerate(raw):
             if all(isinstance(item.get(f), str) and item[f].strip() for f in TRAINING_FIELDS):

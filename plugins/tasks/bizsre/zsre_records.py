@@ -21,8 +21,13 @@ PORTABILITY_FIELDS = ("New Question", "New Answer")
 LOC_PREFIX = "nq question: "
 
 
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad"))
+MAX_SUBJECT = 300  # characters: longer is not a subject but a paragraph (and costs unbounded time)
+
+
 def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+    """A string with something visible in it (zero-width characters and soft hyphens do not count)."""
+    return isinstance(value, str) and bool(value.translate(INVISIBLE).strip())
 
 
 def record_issues(index: int, record: dict[str, Any], languages: tuple[str, ...]) -> list[ValidationIssue]:
@@ -38,6 +43,11 @@ def record_issues(index: int, record: dict[str, Any], languages: tuple[str, ...]
             for name in FIELDS
             if not _is_text(side.get(name))
         ]
+        subject = side.get("subject")
+        if isinstance(subject, str) and len(subject) > MAX_SUBJECT:
+            issues.append(
+                ValidationIssue(index, f"{lang}.subject", f"{len(subject)} characters; at most {MAX_SUBJECT}")
+            )
         portability = side.get("portability")
         issues += [
             ValidationIssue(index, f"{lang}.portability.{name}", "missing or empty")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import Record, TrainingExample, ValidationIssue
+from harness.datafiles import json_records
 from harness.hookspecs import hookimpl
 
 from ..bizsre.zsre_records import PROPERTIES, build_record, record_issues, training_file
@@ -82,10 +83,8 @@ class MzsRETask:
 
     def load_raw(self, data_dir: Path | None) -> list[dict[str, Any]]:
         """One dict per record keyed by language (the shape of a Bi-ZsRE record)."""
-        import datasets
-
         paths = self.data_files(data_dir)
-        sides = [datasets.load_dataset("json", data_files=str(p), split="train").to_list() for p in paths]
+        sides = [json_records(p) for p in paths]
         counts = {str(path): len(records) for path, records in zip(paths, sides)}
         if len(set(counts.values())) > 1:
             raise ValueError(
