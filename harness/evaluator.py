@@ -14,9 +14,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from harness import plugins
 from harness.answers import Answer, read_answers
 from harness.api import Record
-from harness.plugins import pm
+from harness.integrity import ModelFingerprint
 from harness.results import SampleLog, write_json
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _edit_batch(run: RunContext, records: list[Record], pre: dict[str, list[Answ
     """Apply one edit for all ``records``, probe all of them, restore; one sample per record."""
     requests = [record.request for record in records]
     for request in requests:
-        pm.hook.before_edit(request=request, run=run)
+        plugins.call("before_edit", request=request, run=run)
     started = time.perf_counter()
     edit = run.editor.apply(run.model, run.tokenizer, requests)
     edit_seconds = time.perf_counter() - started
@@ -199,13 +200,16 @@ def evaluate(run: RunContext, log_file: SampleLog, progress: bool = True) -> lis
             len(run.records),
             log_file.path,
         )
+    unedited = ModelFingerprint.of(run.model) if todo else None
     with tqdm(total=remaining, desc="edits", unit="edit", disable=not progress) as bar:
         for batch in todo:
-            for record, sample in zip(batch, _edit_batch(run, batch, pre), strict=True):
+            samples = _edit_batch(run, batch, pre)
+            unedited.verify(run.model, f"restoring the edit of record(s) {[r.id for r in batch]}")
+            for record, sample in zip(batch, samples, strict=True):
                 if record.id in logged:
                     continue
                 log_file.append(sample)
-                pm.hook.after_edit(request=record.request, sample=sample, run=run)
+                plugins.call("after_edit", request=record.request, sample=sample, run=run)
                 bar.update(1)
     wanted = {r.id for r in run.records}
     return [s for s in log_file.samples if s["record_id"] in wanted]

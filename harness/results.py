@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,9 @@ from typing import Any
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
 MANIFEST = "run.json"
+LOCK = "run.lock"
+
+log = logging.getLogger(__name__)
 
 
 class ResumeMismatch(ValueError):
@@ -54,6 +60,70 @@ def check_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(path, manifest)
 
 
+class OutputLocked(RuntimeError):
+    """Another live process is writing the same output directory."""
+
+
+def lock_output(output_dir: Path) -> None:
+    """Take the output directory for this process: two runs writing one directory would log every
+    record twice. A lock left by a process that is gone (on this host), or by this very process (a
+    run that failed earlier), is stale and taken over; a live holder is an error naming it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and not _stale(holder):
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+                raise OutputLocked(
+                    f"{output_dir} is being written by process {holder.get('pid')} on {holder.get('host')} "
+                    f"(since {since}); wait for it or use another --output-dir. If that process is gone, "
+                    f"delete {path}"
+                ) from None
+            log.warning("%s: taking over a stale lock (%s)", output_dir, holder or "unreadable")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(me, handle)
+        return
+
+
+def unlock_output(output_dir: Path) -> None:
+    holder = _lock_holder(output_dir / LOCK)
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        (output_dir / LOCK).unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's process cannot be checked from here
+    pid = holder.get("pid")
+    if pid == os.getpid():
+        return True  # this process is not running two runs at once: an earlier one failed
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, TypeError, ValueError):
+        return False
+    return False
+
+
+class SampleLogError(ValueError):
+    """A sample log line that cannot be read; the message names the file and line."""
+
+
 class SampleLog:
     """samples.jsonl (or another JSON-lines log): one line per finished edit or prediction, flushed
     and synced so a crash loses at most one."""
@@ -63,19 +133,42 @@ class SampleLog:
         self.samples: list[dict[str, Any]] = self._read()
 
     def _read(self) -> list[dict[str, Any]]:
+        """Every finished line. Only a torn last line (a killed write) is dropped; a complete last line
+        that lacks its newline gets one; any other unreadable line is an error naming it, and the
+        file is left untouched. A record logged twice (two runs on one directory) counts once."""
         if not self.path.exists():
             return []
-        samples, valid_bytes = [], 0
-        with open(self.path, "rb") as handle:
-            for raw in handle:
-                try:
-                    samples.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    break  # a line cut short by a killed run: drop it and everything after it
-                valid_bytes += len(raw)
-        if valid_bytes != self.path.stat().st_size:
-            with open(self.path, "r+b") as handle:
-                handle.truncate(valid_bytes)
+        content = self.path.read_bytes()
+        lines = content.splitlines(keepends=True)
+        samples, seen = [], set()
+        for number, raw in enumerate(lines, start=1):
+            last = number == len(lines)
+            try:
+                sample = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise SampleLogError(
+                    f"{self.path}, line {number}: not UTF-8 text (byte {error.start})"
+                ) from None
+            except json.JSONDecodeError as error:
+                if last and not raw.endswith(b"\n"):
+                    log.warning("%s: dropping a torn last line %d (a killed write)", self.path, number)
+                    with open(self.path, "r+b") as handle:
+                        handle.truncate(len(content) - len(raw))
+                    break
+                raise SampleLogError(
+                    f"{self.path}, line {number}: not one JSON record ({error.msg}); the file is left as it "
+                    "is: remove or repair that line, then run again"
+                ) from None
+            if last and not raw.endswith(b"\n"):
+                with open(self.path, "ab") as handle:  # complete, only its newline was lost
+                    handle.write(b"\n")
+            key = sample.get("record_id", sample.get("id")) if isinstance(sample, dict) else None
+            if key is not None and key in seen:
+                log.warning("%s, line %d: %r is logged again; counted once", self.path, number, key)
+                continue
+            if key is not None:
+                seen.add(key)
+            samples.append(sample)
         return samples
 
     def append(self, sample: dict[str, Any]) -> None:

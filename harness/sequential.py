@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness import plugins
 from harness.answers import Answer
 from harness.api import Edit, Record
 from harness.evaluator import RunContext, _check_grouping, _sample, batches, pre_edit_answers
+from harness.integrity import ModelFingerprint
 from harness.models import save_atomic
-from harness.plugins import pm
 from harness.results import SampleLog, aggregate
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def evaluate_accumulating(
     _check_grouping(planned, {s["record_id"]: s for s in log_file.samples})
     state = Accumulated.load(run.output_dir)
     _check_prefix(planned, state, run.output_dir)
+    unedited = ModelFingerprint.of(run.model)
     if state.calls:
         log.info("resuming: %d of %d edits already applied (%s)", state.edits, len(run.records), STATE)
         state.put_back(run.model)
@@ -146,7 +148,7 @@ def evaluate_accumulating(
             for batch in planned[len(state.calls) :]:
                 requests = [record.request for record in batch]
                 for request in requests:
-                    pm.hook.before_edit(request=request, run=run)
+                    plugins.call("before_edit", request=request, run=run)
                 started = time.perf_counter()
                 edit = run.editor.apply(run.model, run.tokenizer, requests)
                 before = state.edits
@@ -170,11 +172,12 @@ def evaluate_accumulating(
             if run.edit_batch_size > 1:
                 sample["batch"] = {"records": call["records"], "seconds": call["seconds"]}
             log_file.append(sample)
-            pm.hook.after_edit(request=by_id[sample["record_id"]].request, sample=sample, run=run)
+            plugins.call("after_edit", request=by_id[sample["record_id"]].request, sample=sample, run=run)
         if run.after_edits is not None:
             run.after_edits()
     finally:
         state.restore(run.model)
+    unedited.verify(run.model, f"restoring all {state.edits} accumulated edits")
     (run.output_dir / STATE).unlink(missing_ok=True)
     return [s for s in log_file.samples if s["record_id"] in wanted]
 
