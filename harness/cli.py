@@ -42,6 +42,9 @@ def _run(args) -> int:
         device_map=args.device_map,
     )
     print(table(results))
+    skipped = results.get("subject_alignment", {}).get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} record(s) whose subject could not be aligned (subject_fallback=skip)")
     print(f"results: {Path(results['output_dir']) / 'results.json'}")
     return 0
 

@@ -8,11 +8,12 @@ valid ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,55 @@ def read_toml_files(user_file: str | Path | None = None) -> dict[str, Any]:
     if user_file and not candidate.is_file():
         raise ConfigError(f"--config {user_file}: no such file")
     if candidate.is_file() and candidate.resolve() != PACKAGED_DEFAULTS.resolve():
-        _deep_merge(merged, _read(candidate))
+        user = _read(candidate)
+        _check_shape(user, candidate)
+        _deep_merge(merged, user)
     return merged
+
+
+SECTIONS = ("run", "models")
+
+
+def _check_shape(toml: dict[str, Any], path: Path) -> None:
+    """Sections the harness reads, each a table: ``[run]`` and ``[models."<model>".<editor>]``."""
+    unknown = sorted(set(toml) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid: {list(SECTIONS)}")
+    if not isinstance(toml.get("run", {}), dict):
+        raise ConfigError(f"{path}: run = {toml['run']!r} must be a table ([run] with key = value lines)")
+    models = toml.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f'{path}: models must be tables [models."<model>".<editor>]')
+    for model, editors in models.items():
+        if not isinstance(editors, dict) or not all(isinstance(v, dict) for v in editors.values()):
+            raise ConfigError(f'{path}: [models."{model}"] must hold tables [models."{model}".<editor>]')
+
+
+def check_names(toml: dict[str, Any], editors: Collection[str], models: Collection[str]) -> None:
+    """Every ``[models."<model>".<editor>]`` names a registered editor, and a registered model or one
+    given as a path or hub id (with a ``/``): a typo would silently leave the defaults in force."""
+    for model, sections in toml.get("models", {}).items():
+        if (
+            model not in models
+            and "/" not in model
+            and not model.endswith(".gguf")
+            and not Path(model).exists()
+        ):
+            raise ConfigError(
+                f'[models."{model}"]: no model of that name{_close(model, models)}; registered: '
+                f"{sorted(models)} (a local directory, a .gguf file or an org/name hub id works too)"
+            )
+        for editor in sections:
+            if editor not in editors:
+                raise ConfigError(
+                    f'[models."{model}".{editor}]: no editor of that name{_close(editor, editors)}; '
+                    f"editors: {sorted(editors)}"
+                )
+
+
+def _close(name: str, valid: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=2, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -166,6 +214,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(errors[0])
     if origin in (tuple, list):
+        if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+            value = value.strip()[1:-1]  # the list syntax messages print: [1, 2]
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -249,15 +299,19 @@ def resolve(
     overrides: dict[str, str],
     config_file: str | None = None,
     plugin_defaults: Callable[[str], dict[str, Any]] | None = None,
+    registered: tuple[Collection[str], Collection[str]] | None = None,
 ) -> ResolvedConfig:
     """Combine every layer into a RunConfig and the editor's hparams dataclass.
 
     ``cli`` holds explicit options (``model``, ``data_dir``, ...; None means unset). A ``--set`` key
     may be ``run.<key>``, ``editor.<key>`` or a bare key that belongs to exactly one of the two.
     ``plugin_defaults(model)`` gives plugins' per-model hparams (the ``editor_defaults`` hook), a layer
-    between the dataclass defaults and the TOML files.
+    between the dataclass defaults and the TOML files. ``registered`` (editor names, model names)
+    checks the names of every ``[models."<model>".<editor>]`` section.
     """
     toml = read_toml_files(config_file)
+    if registered:
+        check_names(toml, *registered)
     run_values: dict[str, Any] = dict(toml.get("run", {}))
     if os.environ.get("HARNESS_DATA_DIR"):
         run_values["data_dir"] = os.environ["HARNESS_DATA_DIR"]

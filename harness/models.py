@@ -227,13 +227,28 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
         identity.update(format="gguf", file=path.name, sha256=sha)
     else:
         if path.is_dir():
+            _check_directory(spec, path)
             identity.update(format="hf-dir", path=str(path.resolve()), sha256=directory_fingerprint(path))
+        elif _looks_like_a_path(str(location)):
+            raise FileNotFoundError(f"--model {spec!r}: no such file or directory {path}")
         else:
             identity.update(format="hub", hub_id=spec)
         stored = AutoConfig.from_pretrained(str(location))
         dtype = resolve_dtype(placement.dtype, getattr(stored, "dtype", None))
-    tokenizer = AutoTokenizer.from_pretrained(str(location))
-    model = AutoModelForCausalLM.from_pretrained(str(location), **_placement_kwargs(placement, device, dtype))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(location))
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            str(location), output_loading_info=True, **_placement_kwargs(placement, device, dtype)
+        )
+    except Exception as error:  # noqa: BLE001 - the loaders raise many kinds; one message naming the files
+        weights = (
+            sorted(p.name for p in Path(location).glob("*.safetensors")) if Path(location).is_dir() else []
+        )
+        raise CheckpointError(
+            f"--model {spec!r}: cannot load {location}{f' (weight files {weights})' if weights else ''}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+        ) from error
+    _check_loaded(spec, loading)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -254,6 +269,52 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
         identity["sha256"] = identity.get("hub_id", "")
     model.harness_fingerprint = cache_fingerprint(identity["sha256"], runtime)
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, runtime=runtime)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not hold exactly the weights its architecture needs, or cannot be read."""
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """Absolute, home-relative or explicitly relative: never a hub id (those read ``org/name``)."""
+    return spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec or spec in (".", "..")
+
+
+def _check_directory(spec: str, path: Path) -> None:
+    """A model directory needs a config and weights; say which is missing instead of a hub error."""
+    missing = [
+        what
+        for what, there in (
+            ("config.json", (path / "config.json").is_file()),
+            ("weights (*.safetensors or *.bin)", any(path.glob("*.safetensors")) or any(path.glob("*.bin"))),
+        )
+        if not there
+    ]
+    if missing:
+        raise CheckpointError(
+            f"--model {spec!r}: {path} is not a model directory: it has no {' and no '.join(missing)}"
+        )
+
+
+def _check_loaded(spec: str, loading: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose tensors do not match the model: a missing weight would be left at its
+    random initial value and the run would report numbers of a different model."""
+    problems = {
+        "missing (would be random)": sorted(loading.get("missing_keys") or ()),
+        "unexpected": sorted(loading.get("unexpected_keys") or ()),
+        "of the wrong shape": sorted(
+            str(k[0] if isinstance(k, tuple) else k) for k in loading.get("mismatched_keys") or ()
+        ),
+    }
+    found = {kind: names for kind, names in problems.items() if names}
+    if found:
+        listed = "; ".join(
+            f"{kind}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+            for kind, names in found.items()
+        )
+        raise CheckpointError(
+            f"--model {spec!r}: the checkpoint's weights do not match its architecture ({listed})"
+        )
 
 
 def _placement_kwargs(

@@ -6,6 +6,7 @@ import difflib
 import importlib.metadata
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +101,76 @@ def plugin_packages() -> dict[str, str]:
     return {dist.name: dist.version for dist in _distributions.values()}
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # names that are safe as one path component
+
+
+class PluginError(RuntimeError):
+    """A plugin's hook raised; the message names the plugin and the hook."""
+
+
+class DuplicateName(ValueError):
+    """Two plugins register one name: which to use cannot be decided."""
+
+
+_broken: dict[str, dict[str, str]] = {}  # hook -> {plugin: what it raised} at its last collection
+_warned: set[tuple[str, str]] = set()
+
+
+def _implementations(hook_name: str):
+    """The hook's implementations in the order pluggy calls them."""
+    return list(reversed(getattr(pm.hook, hook_name).get_hookimpls()))
+
+
+def _call_one(impl, hook_name: str, arguments: dict[str, Any]) -> Any:
+    try:
+        return impl.function(*[arguments[name] for name in impl.argnames])
+    except Exception as error:  # noqa: BLE001 - re-raised naming the plugin and the hook
+        raise PluginError(
+            f"plugin {impl.plugin_name!r}: hook {hook_name} raised {type(error).__name__}: {error}"
+        ) from error
+
+
+def call(hook_name: str, **arguments: Any) -> list[Any]:
+    """Call a hook's implementations one by one; a failure names the plugin and the hook. Returns
+    the results that are not None, as pluggy would."""
+    load_plugins()
+    results = [_call_one(impl, hook_name, arguments) for impl in _implementations(hook_name)]
+    return [result for result in results if result is not None]
+
+
 def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
+    """Everything plugins register through ``hook_name``, by name. A plugin whose hook raises, or that
+    registers a name that is not one safe path component, is left out with a warning naming it (the
+    others still count); a name two plugins register is an error."""
     load_plugins()
     found: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for impl in _implementations(hook_name):
+        mine: dict[str, Any] = {}
 
-    def register(*args):
-        name = key(args)
-        if name in found:
-            raise ValueError(f"two plugins register the {hook_name[9:-1]} {name!r}")
-        found[name] = args[-1]
+        def register(*args, mine=mine):
+            name = key(args)
+            if not isinstance(name, str) or not NAME.fullmatch(name):
+                raise ValueError(
+                    f"{hook_name}: the name {name!r} is refused: names are letters, digits, '-', '_' and "
+                    "'.', starting with a letter or digit (they become folder names under results/)"
+                )
+            if name in found or name in mine:
+                raise DuplicateName(f"two plugins register the {hook_name[9:-1]} {name!r}")
+            mine[name] = args[-1]
 
-    getattr(pm.hook, hook_name)(register=register, **arguments)
+        try:
+            _call_one(impl, hook_name, {"register": register, **arguments})
+        except PluginError as error:
+            if isinstance(error.__cause__, DuplicateName):
+                raise error.__cause__ from None
+            if (hook_name, impl.plugin_name) not in _warned:
+                log.warning("%s; its registrations are left out", error)
+                _warned.add((hook_name, impl.plugin_name))
+            failed[impl.plugin_name] = str(error)
+            continue
+        found.update(mine)
+    _broken[hook_name] = failed
     return found
 
 
@@ -145,7 +205,7 @@ def editor_defaults(editor: str, model: str) -> dict[str, Any]:
     differently is an error naming it."""
     load_plugins()
     merged: dict[str, Any] = {}
-    for found in pm.hook.editor_defaults(editor=editor, model=model):
+    for found in call("editor_defaults", editor=editor, model=model):
         for key, value in (found or {}).items():
             if key in merged and merged[key] != value:
                 raise ValueError(f"two plugins set different defaults of {editor}.{key} for model {model}")
@@ -155,7 +215,7 @@ def editor_defaults(editor: str, model: str) -> dict[str, Any]:
 
 def template_dirs() -> list[str]:
     load_plugins()
-    return [d for dirs in pm.hook.template_dirs() for d in dirs]
+    return [d for dirs in call("template_dirs") for d in dirs]
 
 
 def lookup(kind: str, name: str, registry: dict[str, Any]) -> Any:
@@ -164,4 +224,6 @@ def lookup(kind: str, name: str, registry: dict[str, Any]) -> Any:
         return registry[name]
     close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownName(f"unknown {kind} {name!r}.{hint} See `harness ls {kind}s`.")
+    failed = sorted(_broken.get(f"register_{kind}s", {}))
+    broken = f" Plugin(s) {', '.join(failed)} failed to register {kind}s (see the warning)." if failed else ""
+    raise UnknownName(f"unknown {kind} {name!r}.{hint}{broken} See `harness ls {kind}s`.")

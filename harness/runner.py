@@ -21,7 +21,16 @@ from harness import config as config_module
 from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
-from harness.results import RESULTS, SampleLog, aggregate, check_manifest, edit_timings, write_json
+from harness.results import (
+    RESULTS,
+    SampleLog,
+    aggregate,
+    check_manifest,
+    edit_timings,
+    lock_output,
+    unlock_output,
+    write_json,
+)
 from harness.sequential import decay_curve, evaluate_accumulating
 from harness.templates import Templates
 
@@ -142,6 +151,7 @@ def _run_ability(
     load_seconds = time.perf_counter() - load_started
     identity = setup.identity(loaded.fingerprint)
     out = _output_dir(cfg, editor, task.name, {"editor": editor, **identity})
+    lock_output(out)
     check_manifest(out, {"editor": editor, **identity})
     result = abilities.baseline(setup, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
     shutil.copyfile(
@@ -173,7 +183,8 @@ def _run_ability(
         "output_dir": str(out),
     }
     write_json(out / RESULTS, results)
-    plugins.pm.hook.after_run(results=results, run=None)
+    unlock_output(out)
+    plugins.call("after_run", results=results, run=None)
     return results
 
 
@@ -236,6 +247,7 @@ def run(
         {k: str(v) for k, v in (overrides or {}).items()},
         config_file,
         lambda model_name: plugins.editor_defaults(editor, model_name),
+        (plugins.editors(), plugins.models()),
     )
     cfg = resolved.run
     data_path = Path(cfg.data_dir) if cfg.data_dir else None
@@ -262,6 +274,12 @@ def run(
     aligned = None
     if getattr(editor_class, "locates_subject", False):
         aligned = subjects.align_records(records, cfg.subject_fallback, cfg.subject_fuzzy_threshold)
+        if records and not aligned.records:
+            raise DataError(
+                f"task {task}: subject_fallback=skip left out all {len(records)} records (no subject could "
+                f"be aligned with its prompt, e.g. record {records[0].id!r}); nothing would be evaluated. "
+                "Use subject_fallback=prompt_end, or an editor that does not locate the subject"
+            )
         records = aligned.records
     part = _shard(cfg)
     if part:
@@ -297,18 +315,13 @@ def run(
         "data": data_files,
         "templates": dict(templates.used),
     }
+    if cfg.mode in config_module.ACCUMULATING_MODES:
+        # every edit stays in force for the records probed after it: the record set is the run
+        manifest["records"] = [r.id for r in records]
     if then_setups:
         manifest["then"] = {s.task.name: s.identity(loaded.fingerprint) for s in then_setups}
-    out = _output_dir(cfg, editor, task, manifest)
-    if part:
-        out = out / part.dirname
-        manifest[shards.SHARD_KEY] = {"index": part.index, "count": part.count}
-    check_manifest(out, manifest)
-    unedited = {
-        s.task.name: abilities.baseline(s, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
-        for s in then_setups
-    }
-
+    # prepared before the output directory is touched: a bad setting (a layer the model lacks)
+    # fails without leaving a half-made run behind
     context = EditorContext(
         cache_dir=cache_dir(),
         seed=cfg.seed,
@@ -322,6 +335,17 @@ def run(
     prepare_started = time.perf_counter()
     editor_obj.prepare(loaded.model, loaded.tokenizer, context)
     prepare_seconds = time.perf_counter() - prepare_started
+
+    out = _output_dir(cfg, editor, task, manifest)
+    if part:
+        out = out / part.dirname
+        manifest[shards.SHARD_KEY] = {"index": part.index, "count": part.count}
+    lock_output(out)
+    check_manifest(out, manifest)
+    unedited = {
+        s.task.name: abilities.baseline(s, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
+        for s in then_setups
+    }
 
     run_context = RunContext(
         model=loaded.model,
@@ -396,7 +420,8 @@ def run(
     if part:
         results[shards.SHARD_KEY] = part_info
     write_json(out / RESULTS, results)
-    plugins.pm.hook.after_run(results=results, run=run_context)
+    unlock_output(out)
+    plugins.call("after_run", results=results, run=run_context)
     if part and not cfg.shard and part.index == 0:  # rank 0 of a launcher merges the shards
         return shards.wait_and_merge(out.parent, part.count)
     return results
@@ -455,6 +480,7 @@ def train(
         settings,
         config_file,
         lambda model_name: plugins.editor_defaults(editor, model_name),
+        (plugins.editors(), plugins.models()),
     )
     cfg, hparams = resolved.run, resolved.hparams
     if not hparams.train_data:

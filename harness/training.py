@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -78,6 +79,10 @@ class TrainingSettings:
                 f"train_limit must be >= 0 and validation_size >= 1, got {self.train_limit}, "
                 f"{self.validation_size}"
             )
+
+
+class TrainingProgressError(RuntimeError):
+    """Saved training progress that cannot be trusted or read."""
 
 
 class TrainingRequired(RuntimeError):
@@ -196,7 +201,13 @@ class TrainingSession:
         path = self.directory / PROGRESS
         if not path.is_file():
             return None
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors and plain containers only: the cache may be shared, a pickle could run code
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise TrainingProgressError(
+                f"{path} holds more than tensors and plain values and is not loaded (it could run code); "
+                f"delete it to train from the start. ({str(error).splitlines()[0]})"
+            ) from None
         self.elapsed = saved["elapsed"]
         self.started = time.perf_counter()
         self._truncate_metrics(saved["step"])

@@ -308,6 +308,16 @@ class ValueObjective:
     clamp_norm_factor: float = 4.0
     stop_loss: float = 5e-2
 
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        for name in ("lr", "clamp_norm_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "kl_factor", "stop_loss"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
     def objective(self) -> ValueObjective:
         """Just the value-optimisation fields of an editor's hparams (which inherit this class)."""
         return ValueObjective(**{f.name: getattr(self, f.name) for f in fields(ValueObjective)})

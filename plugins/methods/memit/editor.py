@@ -45,6 +45,7 @@ class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
     value_chunk: int = 8  # requests whose values are optimised together (bounds memory)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.layers:
             raise ValueError("layers must name at least one layer")
         if len(set(self.layers)) != len(self.layers):
