@@ -82,7 +82,8 @@ class NoHparams:
 
 
 class TemplatedEditor:
-    """An editor that renders a template and stops in prepare, to see what run.json holds by then."""
+    """An editor that names templates and stops at its first edit, to see what run.json holds by then
+    (prepare runs before the output directory is touched, so a failing prepare leaves none)."""
 
     hparams_class = NoHparams
 
@@ -93,10 +94,13 @@ class TemplatedEditor:
         return ("bizsre/question.jinja", "serac/counterfactual.jinja")
 
     def prepare(self, model, tokenizer, context):
+        pass
+
+    def apply(self, model, tokenizer, requests):
         raise KeyboardInterrupt
 
 
-def test_editor_templates_are_in_the_manifest_before_prepare(tmp_path, monkeypatch, register_plugin):
+def test_editor_templates_are_in_the_manifest_before_the_first_edit(tmp_path, monkeypatch, register_plugin):
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
 
     class Plugin:
