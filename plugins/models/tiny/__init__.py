@@ -39,97 +39,30 @@ SPECIALS = ["<pad>", "<bos>", "<eos>"]
 INIT_STD = 0.02
 INIT_TAG = "kedit-harness tiny init v1"  # part of every parameter's seed
 
+# the decoder every Llama-style tiny model shares; families override what differs
+DECODER: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
 # model name -> (config.model_type, the config's settings besides COMMON); 4 layers, d=64 each
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny-llama": (
-        "llama",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-        ),
-    ),
+    "tiny-llama": ("llama", {**DECODER, "tie_word_embeddings": True}),
     "tiny-gemma3": (
         "gemma3_text",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=512,
-            sliding_window=64,
-        ),
+        {**DECODER, "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 64},
     ),
     "tiny-gpt2": ("gpt2", dict(n_embd=64, n_layer=4, n_head=4, n_positions=512)),
-    "tiny-mistral": (
-        "mistral",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            sliding_window=None,
-        ),
-    ),
-    "tiny-qwen2": (
-        "qwen2",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "tiny-qwen3": (
-        "qwen3",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "tiny-gemma2": (
-        "gemma2",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-            sliding_window=64,
-        ),
-    ),
+    "tiny-mistral": ("mistral", {**DECODER, "sliding_window": None}),
+    "tiny-qwen2": ("qwen2", {**DECODER, "tie_word_embeddings": True}),
+    "tiny-qwen3": ("qwen3", {**DECODER, "head_dim": 16, "tie_word_embeddings": True}),
+    "tiny-gemma2": ("gemma2", {**DECODER, "head_dim": 16, "sliding_window": 64}),
     "tiny-gptj": ("gptj", dict(n_embd=64, n_layer=4, n_head=4, n_inner=128, rotary_dim=16, n_positions=512)),
-    "tiny-phi3": (
-        "phi3",
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            original_max_position_embeddings=512,
-        ),
-    ),
+    "tiny-phi3": ("phi3", {**DECODER, "original_max_position_embeddings": 512}),
 }
 
 
@@ -245,7 +178,9 @@ def initialise(model: torch.nn.Module, model_name: str) -> None:
             raise ValueError(f"tiny model parameter {name}: dtype {param.dtype} is not floating point")
         if param.dim() >= 2:
             values = torch.tensor(
-                normal_values(param.numel(), parameter_seed(model_name, name)), dtype=torch.float64
+                normal_values(param.numel(), parameter_seed(model_name, name)),
+                dtype=torch.float64,
+                device=param.device,
             )
             param.copy_(values.to(param.dtype).view(param.shape))
         elif name.endswith("bias"):
