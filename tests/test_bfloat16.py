@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from test_end_to_end_trained import SMALL as TRAINED  # SERAC and MEND train small first, as there
 
 from harness import plugins
 from harness.models import load_model
@@ -21,31 +22,14 @@ pytestmark = pytest.mark.slow
 
 TASK = "bizsre_en_zh"
 RELIABILITY = "reliability.en.f1"
-# SERAC and MEND train small first (tests/test_end_to_end_trained.py uses the same settings)
-TRAINED = {
-    "serac": {
-        "train_limit": 40,
-        "validation_size": 10,
-        "classifier_steps": 300,
-        "steps": 4,
-        "validate_every": 4,
-    },
-    "mend": {
-        "train_limit": 40,
-        "validation_size": 10,
-        "steps": 10,
-        "validate_every": 10,
-        "norm_examples": 10,
-        "validation_examples": 5,
-    },
-}
 EDITORS = ["ft-l", "ft-m", "ike", "kn", "memit", "mend", "rome", "serac"]
 # fewer context prefixes, steps and layers than the tuned defaults keep both runs short on a CPU,
 # where bfloat16 is slower than float32; both dtypes use the same settings
 LIGHTER = {
     "rome": {"contexts_per_length": 1},
     "memit": {"contexts_per_length": 1},
-    "kn": {"layers": "8,9,10,11", "steps": 10},
+    "kn": {"layers": "10,11", "steps": 5},
+    "ike": {"pool_size": 1000},
 }
 
 
