@@ -8,6 +8,7 @@ folder named after the file's SHA-256: new content, new folder.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def json_records(path: Path) -> list[dict[str, Any]]:
     if text.strip() == b"[]":
         raise DataFileError(f"{path}: holds no records")
     by_content = cache_dir() / "datasets" / file_sha256(path)[:24]
+    library_log = logging.getLogger("datasets")  # it logs (and mis-formats) what is raised below
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)
     try:
         records = datasets.load_dataset(
             "json", data_files=str(path), split="train", cache_dir=str(by_content)
@@ -42,6 +46,8 @@ def json_records(path: Path) -> list[dict[str, Any]]:
     except Exception as error:  # noqa: BLE001 - datasets raises many kinds; one clear message instead
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataFileError(f"{path}: not a JSON array or JSON lines of records ({cause})") from None
+    finally:
+        library_log.setLevel(level)
     if not records:
         raise DataFileError(f"{path}: holds no records")
     return records
