@@ -290,3 +290,30 @@ def test_cached_prefix_answers_like_the_plain_prompt(pools, tmp_path, tiny_model
         plain = edits[False].answers(lm.model, lm.tokenizer, pairs, mode, batch_size)
         assert [a.token_ids for a in cached] == [a.token_ids for a in plain]
         assert [a.text for a in cached] == [a.text for a in plain]
+
+
+def test_a_context_past_learned_positions_drops_the_least_similar_demonstrations(
+    pools, tmp_path, tiny_gpt2, caplog
+):
+    """GPT-2 reads positions from a 512-row table: a longer context would fail inside the model, so the
+    least similar demonstrations are left out (with a warning) until a probe fits."""
+    editor = prepared(tmp_path, k=6)
+    edit = editor.apply(tiny_gpt2.model, tiny_gpt2.tokenizer, [LANGUAGE])
+    assert edit.info["prefix_tokens"] + 128 <= 512
+    assert edit.info["demonstrations"] < 6 and "left out to fit the model's 512-token window" in caplog.text
+    answers = edit.answers(
+        tiny_gpt2.model,
+        tiny_gpt2.tokenizer,
+        [("What is Jean Dupont's mother tongue?", "German")],
+        "teacher_forced",
+        4,
+    )
+    assert len(answers) == 1
+
+
+def test_a_fact_too_long_for_learned_positions_is_refused(pools, tmp_path, tiny_gpt2):
+    long_fact = EditRequest(
+        "What is the native language of " + "Jean " * 200 + "Dupont?", "German", "Jean", "en"
+    )
+    with pytest.raises(ValueError, match="the new fact alone takes .* no room for a probe"):
+        prepared(tmp_path, k=3).apply(tiny_gpt2.model, tiny_gpt2.tokenizer, [long_fact])

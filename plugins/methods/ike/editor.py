@@ -36,6 +36,7 @@ DEMONSTRATION = "ike/demonstration.jinja"
 PROBE = "ike/probe.jinja"
 MARKER = "\x00probe\x00"  # stands for the probe while the probe template is split
 CACHE_FORMAT = 1
+PROBE_ROOM = 128  # tokens of the model's window kept free for a probe and its answer
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,16 @@ class InContextEdit(Edit):
         return answers_after_prefix(model, tokenizer, self.prefix, wrapped, mode, batch_size)
 
 
+def _learned_positions(model, window: int) -> bool:
+    """Whether the model reads positions from a learned table of ``window`` rows (GPT-2 style), which a
+    longer input overruns; rotary positions have no such table."""
+    tokens = model.get_input_embeddings()
+    return any(
+        isinstance(module, torch.nn.Embedding) and module is not tokens and module.num_embeddings == window
+        for module in model.modules()
+    )
+
+
 class IKE:
     """IKE: in-context editing with k retrieved demonstrations (copy/update/retain); no weight changes."""
 
@@ -157,6 +168,29 @@ class IKE:
             save_atomic({"state": encoder.state(), "vectors": vectors}, path)
         self.index = DemonstrationIndex(demonstrations, vectors, encoder, data.language)
 
+    def _fit(self, tokenizer, request: EditRequest, chosen: list, fact: str, window: int):
+        """Drop the least similar demonstrations (they come first) until the context leaves
+        ``PROBE_ROOM`` tokens of the model's window for a probe and its answer."""
+        where = request.record_id or request.prompt[:40]
+        for dropped in range(1, len(chosen) + 1):
+            kept = chosen[dropped:]
+            text = "".join(d.text for d in kept) + fact
+            ids = prompt_ids(tokenizer, text)
+            if len(ids) + PROBE_ROOM <= window:
+                log.warning(
+                    "%s: record %s: %d of %d demonstrations left out to fit the model's %d-token window",
+                    self.name,
+                    where,
+                    dropped,
+                    len(chosen),
+                    window,
+                )
+                return kept, text, ids
+        raise ValueError(
+            f"{self.name}: record {where!r}: the new fact alone takes {len(prompt_ids(tokenizer, fact))} "
+            f"tokens; the model's {window}-token window leaves no room for a probe ({PROBE_ROOM} tokens)"
+        )
+
     def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         if self.index is None:
             raise RuntimeError(f"{self.name}: call prepare() before apply()")
@@ -180,6 +214,19 @@ class IKE:
         cut = head.rfind("\n") + 1  # the shared prefix ends at the last line break before the probe
         prefix_text = "".join(d.text for d in chosen) + own + head[:cut]
         ids = prompt_ids(tokenizer, prefix_text)
+        window = getattr(model.config, "max_position_embeddings", None)
+        if window and len(ids) + PROBE_ROOM > window:
+            if _learned_positions(model, window):  # past them the model fails deep inside
+                chosen, prefix_text, ids = self._fit(tokenizer, request, chosen, own + head[:cut], window)
+            else:
+                log.warning(
+                    "%s: record %s: %d context tokens (+ the probe) exceed the model's trained window of %d; "
+                    "rotary positions extrapolate, answers may degrade (lower k to stay inside)",
+                    self.name,
+                    request.record_id or request.prompt[:40],
+                    len(ids),
+                    window,
+                )
         prefix = SharedPrefix.encode(model, ids) if hp.probe_cache else SharedPrefix(tuple(ids))
         edit = InContextEdit(prefix, prefix_text, head[cut:], tail)
         edit.info = {
