@@ -277,7 +277,7 @@ class CheckpointError(ValueError):
 
 def _looks_like_a_path(spec: str) -> bool:
     """Absolute, home-relative or explicitly relative: never a hub id (those read ``org/name``)."""
-    return spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec or spec in (".", "..")
+    return spec.startswith(("/", "./", "../", "~")) or spec in (".", "..")
 
 
 def _check_directory(spec: str, path: Path) -> None:
