@@ -1,4 +1,4 @@
-"""Answer scores from PROTOCOL.md: exact match on stripped strings, token F1 on token-id multisets."""
+"""Answer scores: exact match on stripped strings, token F1 on token-id multisets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FT-L and FT-M: constrained and masked fine-tuning of MLP output matrices (see ALGORITHMS.md)."""
+"""FT-L and FT-M: constrained and masked fine-tuning of MLP output matrices."""
 
 from harness.hookspecs import hookimpl
 from harness_plugins.methods.ft.editor import FT, FTM, FTHparams, FTMHparams

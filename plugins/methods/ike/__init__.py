@@ -1,4 +1,4 @@
-"""IKE (Zheng et al., 2023): in-context editing with retrieved demonstrations (see ALGORITHMS.md)."""
+"""IKE (Zheng et al., 2023): in-context editing with retrieved demonstrations."""
 
 from harness.hookspecs import hookimpl
 from harness_plugins.methods.ike.editor import IKE, IKEHparams

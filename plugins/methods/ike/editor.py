@@ -1,6 +1,6 @@
 """IKE (Zheng et al., 2023): edit by putting demonstrations and the new fact in front of every probe.
 
-Each pool record yields three demonstrations (copy, update, retain; see ALGORITHMS.md). For an edit,
+Each pool record yields three demonstrations (copy, update, retain). For an edit,
 the k demonstrations nearest to ``New Fact: {prompt} {target}\\nPrompt: {prompt}`` are retrieved
 (cosine similarity of sentence vectors), ordered most similar last, followed by the copy
 demonstration of the edit itself; a probe then reads ``New Fact: {prompt} {target}\\nPrompt: {probe}``.

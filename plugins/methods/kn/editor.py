@@ -4,7 +4,7 @@ the new target's in their value columns.
 A neuron is one input unit of an MLP output matrix W (one entry of the key k); its value column
 W[:, j] is what it writes into the residual stream. Attribution uses integrated gradients at the last
 prompt position: the activation a_j is scaled by alpha in (0, 1] over ``steps`` points, and
-attribution = a_j * mean over alpha of d p(answer) / d (alpha a_j). ALGORITHMS.md phrases this on the
+attribution = a_j * mean over alpha of d p(answer) / d (alpha a_j). The method is often phrased on the
 gate projection's output; for gated MLPs that output passes a nonlinearity and a product before it
 reaches W, so the unit whose column is edited is W's input, and that is what is scaled here.
 """

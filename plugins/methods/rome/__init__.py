@@ -1,4 +1,4 @@
-"""ROME (Meng et al., 2022): a rank-one update of one MLP output matrix (see ALGORITHMS.md)."""
+"""ROME (Meng et al., 2022): a rank-one update of one MLP output matrix."""
 
 from harness.hookspecs import hookimpl
 from harness_plugins.methods.rome.editor import ROME, ROMEHparams

@@ -177,11 +177,8 @@ def initialise(model: torch.nn.Module, model_name: str) -> None:
         if not param.dtype.is_floating_point:
             raise ValueError(f"tiny model parameter {name}: dtype {param.dtype} is not floating point")
         if param.dim() >= 2:
-            values = torch.tensor(
-                normal_values(param.numel(), parameter_seed(model_name, name)),
-                dtype=torch.float64,
-                device=param.device,
-            )
+            seeded = normal_values(param.numel(), parameter_seed(model_name, name))
+            values = torch.tensor(seeded, dtype=torch.float64, device=param.device)
             param.copy_(values.to(param.dtype).view(param.shape))
         elif name.endswith("bias"):
             param.zero_()
