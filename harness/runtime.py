@@ -94,13 +94,6 @@ class ModelRuntime:
     dtype: torch.dtype
     device_map: dict[str, str] | None = None
 
-    def tensor(self, data: Any, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        """A new tensor on the input device (token ids, masks and positions by default)."""
-        return torch.tensor(data, dtype=dtype, device=self.device)
-
-    def zeros(self, *shape: int, dtype: torch.dtype = MASTER_DTYPE) -> torch.Tensor:
-        return torch.zeros(shape, dtype=dtype, device=self.device)
-
     def describe(self) -> dict[str, Any]:
         """For run.json and results.json."""
         described: dict[str, Any] = {"device": str(self.device), "dtype": dtype_name(self.dtype)}
