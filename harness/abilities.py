@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness import protocols
 from harness.answers import (
     SharedPrefix,
     at_positions,
@@ -172,6 +173,7 @@ class AbilitySetup:
         asked = json.dumps([self.context, [dataclasses.astuple(q) for q in self.queries]], ensure_ascii=False)
         return {
             "task": self.task.name,
+            "protocol": protocols.name_of(self.task),
             "model_sha256": model_sha256,
             "queries_sha256": hashlib.sha256(asked.encode()).hexdigest(),
             "data": self.data,

@@ -159,6 +159,7 @@ class EditorContext:
     languages: tuple[str, ...] = ()
     training_set: str = ""  # the task's training data in its edit language (a registered name)
     templates: Any = None  # the run's Templates: what an editor renders through it is hashed into results
+    protocol: str = ""  # the task's scoring profile (harness.protocols), for editors that follow one
 
 
 class Editor(Protocol):
@@ -217,6 +218,9 @@ class Task(Protocol):
     def records(self, raw: list[dict[str, Any]], render) -> list[Record]:
         """Records with edit requests and probes; ``render(question)`` renders a prompt."""
 
+    # Optional: ``protocols`` and ``with_protocol(name)``, the scoring profiles it offers
+    # (``harness.protocols``).
+
 
 @dataclass(frozen=True)
 class AbilityQuery:
@@ -274,3 +278,6 @@ class AbilityTask(Protocol):
 
     def score(self, examples: list[dict[str, Any]], predictions: list[str]) -> dict[str, float]:
         """Metrics in percent, the headline ``metric`` among them."""
+
+    # Optional: ``protocols`` and ``with_protocol(name)``, the scoring profiles it offers
+    # (``harness.protocols``).

@@ -21,7 +21,8 @@ round-trip is not a change).
 The two runs must measure the same thing, else the comparison is refused (exit code 2) with each
 differing field named: the model's SHA-256, the data (the set of file names and hashes; paths
 differ between machines), the template hashes, the task, the number of samples (and of ability
-examples after edits), the answer mode, the scoring tokenizer, the editing mode and batch size.
+examples after edits), the answer mode, the scoring tokenizer and profile, the editing mode and
+batch size.
 ``allow`` downgrades named refusals to notes (a deliberate cross-model comparison). What may
 legitimately differ (editor, hparams, other settings, versions, git commit, run time) is listed as
 notes.
@@ -273,6 +274,7 @@ REFUSAL_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "then.n": _then_n,
     "scoring.answer_mode": _field("scoring.answer_mode"),
     "scoring.tokenizer": _field("scoring.tokenizer"),
+    "protocol.name": _field("protocol.name"),
     "editing.mode": _field("editing.mode"),
     "editing.batch_size": _field("editing.batch_size"),
 }

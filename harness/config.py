@@ -51,6 +51,8 @@ class RunConfig:
     probe_every: int = 0  # accumulating modes: also probe every n edits (a decay curve); 0: only at the end
     probe_batch_size: int = 16  # probes per forward pass
     scoring_tokenizer: str = ""  # empty: the edited model's own tokenizer
+    protocol: str = ""  # the task's scoring profile (harness.protocols); empty: the task's default
+    ability_protocol: str = ""  # the scoring profile of the --then ability tasks; empty: their default
     template: str = ""  # empty: the task's own probe template
     threads: int = 0  # 0: torch's default
     # ability tasks (comma-separated) measured on the model holding every edit of an accumulating run

@@ -33,6 +33,20 @@ def token_f1(answer_ids: Sequence[int], expected_ids: Sequence[int]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def token_f1_product(answer_ids: Sequence[int], expected_ids: Sequence[int]) -> float:
+    """Precision times recall, |overlap|^2 / (|answer| |expected|), over token-id multisets.
+
+    The score the first Bi-ZsRE release called F1 (docs/protocol.md); it lies below the harmonic
+    mean whenever an answer is partly right. Both empty: 1.0; exactly one empty: 0.0.
+    """
+    if not answer_ids and not expected_ids:
+        return 1.0
+    if not answer_ids or not expected_ids:
+        return 0.0
+    overlap = sum((Counter(answer_ids) & Counter(expected_ids)).values())
+    return overlap * overlap / (len(answer_ids) * len(expected_ids))
+
+
 def _f1(answer_ids, expected_ids, answer, expected) -> float:
     return token_f1(answer_ids, expected_ids)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import abilities, plugins, shards, subjects, training
+from harness import abilities, plugins, protocols, shards, subjects, training
 from harness import config as config_module
 from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
@@ -90,12 +90,12 @@ def _names(listing: str) -> list[str]:
     return [name.strip() for name in listing.split(",") if name.strip()]
 
 
-def _ability_task(name: str, registered: dict[str, Any]) -> Any:
+def _ability_task(name: str, registered: dict[str, Any], protocol: str) -> Any:
     task = plugins.lookup("task", name, registered)
     if not is_ability(task):
         able = sorted(n for n, t in registered.items() if is_ability(t))
         raise config_module.ConfigError(f"--then {name}: not an ability task; ability tasks: {able}")
-    return task
+    return protocols.select(task, protocol, "ability_protocol")
 
 
 def _output_dir(cfg: config_module.RunConfig, editor: str, task: str, manifest: dict[str, Any]) -> Path:
@@ -111,6 +111,7 @@ def _then_entry(setup: abilities.AbilitySetup, out: Path, unedited: dict[str, An
     edited = json.loads(path.read_text(encoding="utf-8"))
     return {
         "metric": setup.task.metric,
+        "protocol": protocols.name_of(setup.task),
         "n": setup.limit,
         "edited": edited["metrics"],
         "unedited": unedited["metrics"],
@@ -169,6 +170,7 @@ def _run_ability(
             "metric": task.metric,
             "template": task.template,
         },
+        "protocol": protocols.record(task, "", data_path),
         "config": dataclasses.asdict(cfg),
         "model": loaded.identity,
         "data": setup.data,
@@ -252,11 +254,11 @@ def run(
     cfg = resolved.run
     data_path = Path(cfg.data_dir) if cfg.data_dir else None
     registered = plugins.tasks(data_path)
-    task_obj = plugins.lookup("task", task, registered)
+    task_obj = protocols.select(plugins.lookup("task", task, registered), cfg.protocol)
     if is_ability(task_obj):
         ability_limit = cfg.ability_limit if limit is None else cfg.limit
         return _run_ability(editor, editor_class, task_obj, cfg, ability_limit, started, progress)
-    then = [_ability_task(name, registered) for name in _names(cfg.then)]
+    then = [_ability_task(name, registered, cfg.ability_protocol) for name in _names(cfg.then)]
     if cfg.mode not in editor_modes(editor_class):
         able = sorted(n for n, c in plugins.editors().items() if cfg.mode in editor_modes(c))
         raise config_module.ConfigError(
@@ -303,7 +305,10 @@ def run(
         k: v
         for k, v in dataclasses.asdict(cfg).items()
         # placement is recorded as resolved (``runtime`` below): --device auto and cpu are one run
-        if k not in ("limit", "output_dir", "threads", shards.SHARD_KEY, "device", "dtype", "device_map")
+        # as are the scoring profiles: the task's default named or not is one run
+        if k
+        not in ("limit", "output_dir", "threads", shards.SHARD_KEY, "device", "dtype", "device_map")
+        + ("protocol", "ability_protocol")
     }
     manifest = {
         "editor": editor,
@@ -312,6 +317,7 @@ def run(
         "config": run_config,
         "model_sha256": loaded.identity["sha256"],
         "runtime": loaded.runtime.value_identity(),
+        "protocol": protocols.name_of(task_obj),
         "data": data_files,
         "templates": dict(templates.used),
     }
@@ -331,6 +337,7 @@ def run(
         languages=tuple(task_obj.languages),
         training_set=getattr(task_obj, "training_set", ""),
         templates=templates,
+        protocol=protocols.name_of(task_obj),
     )
     prepare_started = time.perf_counter()
     editor_obj.prepare(loaded.model, loaded.tokenizer, context)
@@ -352,7 +359,7 @@ def run(
         tokenizer=loaded.tokenizer,
         editor=editor_obj,
         records=records,
-        scorer=Scorer(scoring, plugins.metric_functions()),
+        scorer=Scorer(scoring, {**plugins.metric_functions(), **getattr(task_obj, "metric_overrides", {})}),
         answer_mode=cfg.answer_mode,
         probe_batch_size=cfg.probe_batch_size,
         edit_batch_size=cfg.batch_size,
@@ -401,6 +408,7 @@ def run(
             "tokenizer": cfg.scoring_tokenizer or f"model:{cfg.model}",
             "answer_mode": cfg.answer_mode,
         },
+        "protocol": protocols.record(task_obj, cfg.scoring_tokenizer, data_path),
         "versions": _versions(),
         "git_commit": _git_commit(),
         "timings": {

@@ -3,19 +3,25 @@
 One definition generates every variant: ``bizsre_{edit}_{other}`` with all four properties and
 ``bizsre_{edit}_{other}_{property}`` with one. Records come from ``{data_dir}/bizsre/`` or, with no
 data directory configured, from a bundled sample of invented facts.
+
+Two scoring profiles (docs/protocol.md): ``harness``, the default, and ``bizsre-published``, which
+builds and scores probes the way the published Bi-ZsRE tables were: locality questions keep their
+``nq question: `` marker, "F1" is precision times recall, every model is scored with one Chinese-LLaMA
+tokenizer, and the official 1,037-record test file is read when present.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.api import Record, TrainingExample, ValidationIssue
 from harness.datafiles import json_records
 from harness.hookspecs import hookimpl
+from harness.metrics import token_f1_product
 
 from .zsre_records import LOC_PREFIX, PROPERTIES, build_record, record_issues, training_file
 
@@ -23,6 +29,21 @@ log = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "zh")
 DATA_FILES = ("bizsre/bizsre_test_enzh_743.json", "bizsre/bizsre_test.json")
+HARNESS, PUBLISHED = "harness", "bizsre-published"
+# the published tables read the official file (1,037 records, 294 of them repeating a subject) first
+PUBLISHED_DATA_FILES = DATA_FILES[::-1]
+PUBLISHED_TOKENIZER = "chinese-llama-plus-7b"
+CHINESE_POOL_NOTE = (
+    "the Bi-ZsRE code drew IKE's Chinese demonstrations from a Chinese training split with rephrases "
+    "and locality questions, which the harness's data layout lacks; the registered Chinese training "
+    "set is used instead"
+)
+
+
+def _published_f1(answer_ids, expected_ids, answer, expected) -> float:
+    return token_f1_product(answer_ids, expected_ids)
+
+
 SAMPLE = Path(__file__).parent / "sample" / "bizsre_sample_enzh_20.json"
 
 
@@ -32,6 +53,8 @@ class BiZsRETask:
     properties: tuple[str, ...] = PROPERTIES
     template: str = "bizsre/question.jinja"
     languages: tuple[str, ...] = LANGUAGES
+    protocol: str = HARNESS
+    protocols = (HARNESS, PUBLISHED)
 
     @property
     def name(self) -> str:
@@ -47,10 +70,40 @@ class BiZsRETask:
     def description(self) -> str:
         return f"Bi-ZsRE: edit in {self.edit_language}, probe {'/'.join(self.properties)} in en and zh"
 
+    def with_protocol(self, name: str) -> BiZsRETask:
+        return replace(self, protocol=name)
+
+    @property
+    def published(self) -> bool:
+        return self.protocol == PUBLISHED
+
+    @property
+    def metric_overrides(self) -> dict[str, Callable[..., float]]:
+        return {"f1": _published_f1} if self.published else {}
+
+    @property
+    def reference_scoring_tokenizer(self) -> str:
+        return PUBLISHED_TOKENIZER if self.published else ""
+
+    def protocol_notes(self, data_dir: Path | None) -> list[str]:
+        """Where a published-profile run cannot read what the published tables did."""
+        if not self.published:
+            return []
+        found = [CHINESE_POOL_NOTE] if self.edit_language != "en" else []
+        if data_dir is None:
+            found.append("no data directory: the bundled sample of invented facts stands in for the test set")
+        elif not (Path(data_dir) / PUBLISHED_DATA_FILES[0]).is_file():
+            found.append(
+                f"{PUBLISHED_DATA_FILES[0]} (the official 1,037 records) is not in the data directory; "
+                f"read {self.data_files(data_dir)[0].name} instead"
+            )
+        return found
+
     def data_files(self, data_dir: Path | None) -> list[Path]:
         if data_dir is None:
             return [SAMPLE]
-        candidates = [Path(data_dir) / name for name in DATA_FILES]
+        names = PUBLISHED_DATA_FILES if self.published else DATA_FILES
+        candidates = [Path(data_dir) / name for name in names]
         for path in candidates:
             if path.is_file():
                 return [path]
@@ -85,7 +138,15 @@ class BiZsRETask:
 
     def records(self, raw: list[dict[str, Any]], render: Callable[[str], str]) -> list[Record]:
         return [
-            build_record(str(index), item, self.edit_language, self.languages, self.properties, render)
+            build_record(
+                str(index),
+                item,
+                self.edit_language,
+                self.languages,
+                self.properties,
+                render,
+                keep_locality_marker=self.published,
+            )
             for index, item in enumerate(raw)
         ]
 

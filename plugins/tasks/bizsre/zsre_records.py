@@ -64,9 +64,11 @@ def build_record(
     languages: tuple[str, ...],
     properties: tuple[str, ...],
     render: Callable[[str], str],
+    keep_locality_marker: bool = False,
 ) -> Record:
     """The edit in ``edit_language`` and its probes: reliability in the edit language, then, per
-    language of ``languages`` in order, generality, locality and portability (those in ``properties``)."""
+    language of ``languages`` in order, generality, locality and portability (those in ``properties``).
+    Locality questions lose their ``LOC_PREFIX`` marker unless ``keep_locality_marker``."""
     edit = item[edit_language]
     request = EditRequest(
         prompt=render(edit["src"]),
@@ -87,7 +89,7 @@ def build_record(
                 Probe(
                     "locality",
                     lang,
-                    render(side["loc"].removeprefix(LOC_PREFIX)),
+                    render(side["loc"] if keep_locality_marker else side["loc"].removeprefix(LOC_PREFIX)),
                     side["loc_ans"],
                     reference_is_pre_edit=True,
                 )
