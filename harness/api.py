@@ -19,6 +19,12 @@ class EditRequest:
     subject: str
     language: str
     record_id: str = ""
+    # the new answer in each probed language, (language, answer) pairs, where the task knows them
+    targets: tuple[tuple[str, str], ...] = ()
+
+    def target_in(self, language: str) -> str:
+        """The new answer in ``language``; ``target`` where the task gave none for it."""
+        return dict(self.targets).get(language, self.target)
 
 
 @dataclass(frozen=True)
@@ -117,10 +123,31 @@ class Edit:
         return prompt
 
     def answers(
-        self, model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], mode: str, batch_size: int
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        pairs: list[tuple[str, str]],
+        mode: str,
+        batch_size: int,
+        languages: list[str] | None = None,
     ) -> list[Answer]:
-        """The model's answers to (probe prompt, expected answer) pairs while this edit is in force."""
+        """The model's answers to (probe prompt, expected answer) pairs while this edit is in force;
+        ``languages`` names each probe's language."""
         return read_answers(model, tokenizer, [(self.wrap_prompt(p), t) for p, t in pairs], mode, batch_size)
+
+    def reference_answers(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        pairs: list[tuple[str, str]],
+        mode: str,
+        batch_size: int,
+        languages: list[str] | None = None,
+    ) -> list[Answer] | None:
+        """What locality probes are compared with, when it is not the unedited model's answer to the
+        bare prompt (an edit living in the prompt may compare with the same prompt less its
+        demonstrations); None: the bare prompt's answer."""
+        return None
 
     @property
     def touched(self) -> list[str]:

@@ -119,20 +119,48 @@ def _edit_batch(run: RunContext, records: list[Record], pre: dict[str, list[Answ
     edit = run.editor.apply(run.model, run.tokenizer, requests)
     edit_seconds = time.perf_counter() - started
     try:
-        pairs = [(p.prompt, p.expected) for record in records for p in record.probes]
-        post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
+        probes = [p for record in records for p in record.probes]
+        pairs = [(p.prompt, p.expected) for p in probes]
+        languages = [p.language for p in probes]
+        post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size, languages)
+        before = _references(run, edit, records, pre, pairs, languages)
     finally:
         edit.restore()  # raises RestoreError unless every touched tensor is bit-identical again
     samples, start = [], 0
     for record in records:
         answers = post[start : start + len(record.probes)]
+        sample = _sample(run, record, before[start : start + len(record.probes)], answers)
         start += len(record.probes)
-        sample = _sample(run, record, pre[record.id], answers)
         sample.update(edit_seconds=edit_seconds / len(records), edit_info=edit.info, touched=edit.touched)
         if run.edit_batch_size > 1:
             sample["batch"] = {"records": [r.id for r in records], "seconds": edit_seconds}
         samples.append(sample)
     return samples
+
+
+def _references(
+    run: RunContext,
+    edit: Any,
+    records: list[Record],
+    pre: dict[str, list[Answer]],
+    pairs: list[tuple[str, str]],
+    languages: list[str],
+) -> list[Answer]:
+    """The unedited answers of every probe of ``records``, in order, with the edit's own reference
+    (``Edit.reference_answers``) in place of the locality probes' where it gives one."""
+    before = [answer for record in records for answer in pre[record.id]]
+    local = [i for i, probe in enumerate(p for r in records for p in r.probes) if probe.reference_is_pre_edit]
+    found = edit.reference_answers(
+        run.model,
+        run.tokenizer,
+        [pairs[i] for i in local],
+        run.answer_mode,
+        run.probe_batch_size,
+        [languages[i] for i in local],
+    )
+    for i, answer in zip(local, found or (), strict=found is not None):
+        before[i] = answer
+    return before
 
 
 def _sample(run: RunContext, record: Record, pre: list[Answer], post: list[Answer]) -> dict[str, Any]:

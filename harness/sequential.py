@@ -100,10 +100,12 @@ def _check_prefix(planned: list[list[Record]], state: Accumulated, output_dir: P
 def _probe(
     run: RunContext, edit: Edit | None, records: list[Record], pre: dict[str, list[Answer]]
 ) -> list[dict[str, Any]]:
-    pairs = [(p.prompt, p.expected) for record in records for p in record.probes]
+    probes = [p for record in records for p in record.probes]
+    pairs = [(p.prompt, p.expected) for p in probes]
     if edit is None:  # resumed after the last edit: the weights hold everything
         edit = Edit()
-    post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size)
+    languages = [p.language for p in probes]
+    post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size, languages)
     samples, start = [], 0
     for record in records:
         samples.append(_sample(run, record, pre[record.id], post[start : start + len(record.probes)]))

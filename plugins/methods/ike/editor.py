@@ -7,6 +7,12 @@ demonstration of the edit itself; a probe then reads ``New Fact: {prompt} {targe
 The fact is written in the edit language only: the Bi-ZsRE code put the target-language answer
 there, which handed cross-lingual probes their answer. Everything before the probe is the same for
 all probes of an edit, so its key/value states are computed once (``probe_cache``).
+
+``style = "bizsre"`` (the default under the ``bizsre-published`` scoring profile) runs IKE as the
+Bi-ZsRE code did instead (docs/protocol.md): pool facts read ``Q:{question} A:``, pool locality
+questions lose the characters of ``nq question: `` from their start, demonstrations come most similar
+first, each probe's fact carries the answer in the probe's language, and locality compares with the
+answer to the same fact-and-question without demonstrations.
 """
 
 from __future__ import annotations
@@ -15,14 +21,13 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from harness.answers import Answer, SharedPrefix, answers_after_prefix, prompt_ids
-from harness.api import Edit, EditorContext, EditRequest
+from harness.answers import Answer, SharedPrefix, answers_after_prefix, prompt_ids, read_answers
+from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import save_atomic
 from harness.templates import Templates
 from harness.training import load_training_set
@@ -32,6 +37,10 @@ from harness_plugins.methods.ike.encoders import CHAR_NGRAM, MINILM, SentenceEnc
 log = logging.getLogger(__name__)
 
 MIXES = ("retrieved", "fixed")
+HARNESS, BIZSRE = "harness", "bizsre"
+STYLES = (HARNESS, BIZSRE)
+BIZSRE_PROFILE = "bizsre-published"  # the scoring profile whose default style is BIZSRE
+NQ_MARKER_CHARACTERS = "nq question: "  # stripped as a set of characters, as the Bi-ZsRE code did
 DEMONSTRATION = "ike/demonstration.jinja"
 PROBE = "ike/probe.jinja"
 MARKER = "\x00probe\x00"  # stands for the probe while the probe template is split
@@ -50,6 +59,7 @@ class IKEHparams:
     pool_size: int = 0  # first N training records form the pool; 0: all
     train_data: str = ""  # training set for the pool; "": the task's (in its edit language)
     probe_cache: bool = True  # encode the shared prefix once per edit instead of once per probe
+    style: str = ""  # "harness" or "bizsre" (see the module docstring); "": bizsre under bizsre-published
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -63,6 +73,8 @@ class IKEHparams:
             )
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0 (0: the whole training set), got {self.pool_size}")
+        if self.style not in ("", *STYLES):
+            raise ValueError(f"style must be one of {STYLES} (or empty: the profile's), got {self.style!r}")
 
 
 @dataclass(frozen=True)
@@ -79,25 +91,45 @@ class DemonstrationIndex:
 
 
 class InContextEdit(Edit):
-    """An edit that lives in the prompt: ``prefix`` (demonstrations and the fact) is read before
-    every probe, which is wrapped as ``probe_head + probe + probe_tail``. No weight changes."""
+    """An edit that lives in the prompt: ``prefix`` (demonstrations, and the fact unless it varies by
+    language) is read before every probe, which is wrapped as ``head + probe + tail``, the head of
+    the probe's language from ``heads`` or else ``head``. No weight changes.
 
-    def __init__(self, prefix: SharedPrefix, prefix_text: str, probe_head: str, probe_tail: str):
+    ``compare_without_prefix``: locality compares with the unedited model's answer to the wrapped
+    probe without the prefix, not to the bare probe."""
+
+    def __init__(
+        self,
+        prefix: SharedPrefix,
+        prefix_text: str,
+        head: str,
+        tail: str,
+        heads: dict[str, str] | None = None,
+        compare_without_prefix: bool = False,
+    ):
         super().__init__()
         self.prefix, self.prefix_text = prefix, prefix_text
-        self.probe_head, self.probe_tail = probe_head, probe_tail
+        self.head, self.tail, self.heads = head, tail, heads or {}
+        self.compare_without_prefix = compare_without_prefix
 
-    def probe_text(self, prompt: str) -> str:
-        return self.probe_head + prompt + self.probe_tail
+    def probe_text(self, prompt: str, language: str = "") -> str:
+        return self.heads.get(language, self.head) + prompt + self.tail
 
     def wrap_prompt(self, prompt: str) -> str:
         return self.prefix_text + self.probe_text(prompt)
 
-    def answers(
-        self, model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], mode: str, batch_size: int
-    ) -> list[Answer]:
-        wrapped = [(self.probe_text(prompt), target) for prompt, target in pairs]
+    def _wrapped(self, pairs: list[tuple[str, str]], languages: list[str] | None) -> list[tuple[str, str]]:
+        languages = languages or [""] * len(pairs)
+        return [(self.probe_text(p, lang), t) for (p, t), lang in zip(pairs, languages, strict=True)]
+
+    def answers(self, model, tokenizer, pairs, mode, batch_size, languages=None) -> list[Answer]:
+        wrapped = self._wrapped(pairs, languages)
         return answers_after_prefix(model, tokenizer, self.prefix, wrapped, mode, batch_size)
+
+    def reference_answers(self, model, tokenizer, pairs, mode, batch_size, languages=None):
+        if not self.compare_without_prefix:
+            return None
+        return read_answers(model, tokenizer, self._wrapped(pairs, languages), mode, batch_size)
 
 
 def _learned_positions(model, window: int) -> bool:
@@ -107,6 +139,17 @@ def _learned_positions(model, window: int) -> bool:
     return any(
         isinstance(module, torch.nn.Embedding) and module is not tokens and module.num_embeddings == window
         for module in model.modules()
+    )
+
+
+def _as_bizsre_pool(example: TrainingExample) -> TrainingExample:
+    """A pool record as the Bi-ZsRE code fed it to IKE: the fact's question as ``Q:{question} A:``,
+    the locality question stripped of leading characters of ``nq question: `` (a character set, so
+    a question starting with one of them loses more than the marker)."""
+    return replace(
+        example,
+        prompt=f"Q:{example.prompt} A:",
+        locality_prompt=example.locality_prompt.lstrip(NQ_MARKER_CHARACTERS),
     )
 
 
@@ -122,6 +165,7 @@ class IKE:
         self.hparams = hparams
         self.templates = Templates()  # the run's, once prepared
         self.index: DemonstrationIndex | None = None
+        self.style = hparams.style or HARNESS
 
     def template_names(self) -> tuple[str, ...]:
         return (DEMONSTRATION, PROBE)
@@ -131,8 +175,11 @@ class IKE:
         hp = self.hparams
         if context.templates is not None:
             self.templates = context.templates
+        self.style = hp.style or (BIZSRE if context.protocol == BIZSRE_PROFILE else HARNESS)
         data = load_training_set(hp.train_data or context.training_set, context.data_dir, self.name)
         pool = data.examples[: hp.pool_size or None]
+        if self.style == BIZSRE:
+            pool = [_as_bizsre_pool(example) for example in pool]
         demonstrations = build(pool, lambda **fields: self.templates.render(DEMONSTRATION, **fields))
         if hp.k > len(demonstrations) or (hp.mix == "fixed" and max(quotas(hp.k).values()) > len(pool)):
             raise ValueError(
@@ -146,6 +193,7 @@ class IKE:
             "pool": sorted(data.files.values()),
             "pool_size": len(pool),
             "template": self.templates.used[DEMONSTRATION],
+            "style": self.style,
         }
         key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:32]
         path = Path(context.cache_dir) / "ike" / f"{key}.pt"
@@ -168,13 +216,17 @@ class IKE:
             save_atomic({"state": encoder.state(), "vectors": vectors}, path)
         self.index = DemonstrationIndex(demonstrations, vectors, encoder, data.language)
 
+    def _ordered(self, chosen: list[Demonstration]) -> list[Demonstration]:
+        """``chosen`` (least similar first) in the order the context shows them."""
+        return chosen[::-1] if self.style == BIZSRE else chosen
+
     def _fit(self, tokenizer, request: EditRequest, chosen: list, fact: str, window: int):
-        """Drop the least similar demonstrations (they come first) until the context leaves
-        ``PROBE_ROOM`` tokens of the model's window for a probe and its answer."""
+        """Drop the least similar demonstrations until the context leaves ``PROBE_ROOM`` tokens of
+        the model's window for a probe and its answer."""
         where = request.record_id or request.prompt[:40]
         for dropped in range(1, len(chosen) + 1):
             kept = chosen[dropped:]
-            text = "".join(d.text for d in kept) + fact
+            text = "".join(d.text for d in self._ordered(kept)) + fact
             ids = prompt_ids(tokenizer, text)
             if len(ids) + PROBE_ROOM <= window:
                 log.warning(
@@ -211,8 +263,15 @@ class IKE:
         chosen = [index.demonstrations[i] for i in nearest(index.similarity(query), kinds, hp.k, hp.mix)]
         own = self.templates.render(DEMONSTRATION, query=request.prompt, answer=request.target, **fact)
         head, tail = self.templates.render(PROBE, query=MARKER, **fact).split(MARKER)
-        cut = head.rfind("\n") + 1  # the shared prefix ends at the last line break before the probe
-        prefix_text = "".join(d.text for d in chosen) + own + head[:cut]
+        heads: dict[str, str] = {}
+        # the shared prefix ends at the last line break before the probe, or, when the fact line
+        # differs by probe language, before the fact
+        cut = 0 if self.style == BIZSRE else head.rfind("\n") + 1
+        if self.style == BIZSRE:
+            for language, answer in request.targets:
+                fields = {**fact, "fact_answer": answer}
+                heads[language] = self.templates.render(PROBE, query=MARKER, **fields).split(MARKER)[0]
+        prefix_text = "".join(d.text for d in self._ordered(chosen)) + own + head[:cut]
         ids = prompt_ids(tokenizer, prefix_text)
         window = getattr(model.config, "max_position_embeddings", None)
         if window and len(ids) + PROBE_ROOM > window:
@@ -228,13 +287,14 @@ class IKE:
                     window,
                 )
         prefix = SharedPrefix.encode(model, ids) if hp.probe_cache else SharedPrefix(tuple(ids))
-        edit = InContextEdit(prefix, prefix_text, head[cut:], tail)
+        edit = InContextEdit(prefix, prefix_text, head[cut:], tail, heads, self.style == BIZSRE)
         edit.info = {
             "encoder": index.encoder.name,
             "mix": hp.mix,
+            "style": self.style,
             "demonstrations": len(chosen),
             "kinds": {kind: sum(d.kind == kind for d in chosen) for kind in KINDS},
-            "neighbours": [d.label for d in chosen],
+            "neighbours": [d.label for d in self._ordered(chosen)],  # as the context shows them
             "prefix_tokens": len(ids),
         }
         return edit

@@ -149,7 +149,7 @@ class SERACEdit(Edit):
         self.editor, self.requests = editor, requests
         self.info = {"memory": len(editor.memory)}
 
-    def answers(self, model, tokenizer, pairs, mode, batch_size) -> list[Answer]:
+    def answers(self, model, tokenizer, pairs, mode, batch_size, languages=None) -> list[Answer]:
         editor = self.editor
         scores, best = editor.scope([p for p, _ in pairs])
         routed = [bool(s >= editor.hparams.threshold) for s in scores.tolist()]

@@ -76,6 +76,7 @@ def build_record(
         subject=edit["subject"],
         language=edit_language,
         record_id=record_id,
+        targets=tuple((lang, item[lang]["alt"]) for lang in languages),
     )
     probes: list[Probe] = []
     if "reliability" in properties:
