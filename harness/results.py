@@ -9,6 +9,7 @@ import socket
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,12 @@ class SampleLog:
     """samples.jsonl (or another JSON-lines log): one line per finished edit or prediction, flushed
     and synced so a crash loses at most one."""
 
-    def __init__(self, output_dir: Path, name: str = SAMPLES):
+    def __init__(
+        self, output_dir: Path, name: str = SAMPLES, stamp: Callable[[dict[str, Any]], None] | None = None
+    ):
+        """``stamp`` marks each sample before it is written (which invocation logged it, when)."""
         self.path = output_dir / name
+        self.stamp = stamp
         self.samples: list[dict[str, Any]] = self._read()
 
     def _read(self) -> list[dict[str, Any]]:
@@ -172,6 +177,8 @@ class SampleLog:
         return samples
 
     def append(self, sample: dict[str, Any]) -> None:
+        if self.stamp:
+            self.stamp(sample)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
             handle.flush()

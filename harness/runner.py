@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import abilities, plugins, protocols, shards, subjects, training
+from harness import abilities, plugins, protocols, provenance, shards, subjects, training
 from harness import config as config_module
 from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
@@ -222,9 +222,10 @@ def run(
 
     ``device``, ``dtype`` and ``device_map`` place the model (``harness.runtime``).
 
-    Running again with the same output directory resumes: finished edits are read back, not redone.
+    Running again with the same output directory resumes: finished edits are read back, not redone;
+    results.json lists every invocation that wrote records (``harness.provenance``).
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     editor_class = plugins.lookup("editor", editor, plugins.editors())
     cli = {
         "model": model,
@@ -349,6 +350,7 @@ def run(
         manifest[shards.SHARD_KEY] = {"index": part.index, "count": part.count}
     lock_output(out)
     check_manifest(out, manifest)
+    invocation = provenance.Invocation.begin(out, _git_commit(), _versions(), started_at)
     unedited = {
         s.task.name: abilities.baseline(s, loaded.model, loaded.tokenizer, loaded.fingerprint, progress)
         for s in then_setups
@@ -378,7 +380,9 @@ def run(
     if then_setups:
         run_context.after_edits = measure_then
     evaluation = evaluate_accumulating if run_context.accumulate else evaluate
-    samples = evaluation(run_context, SampleLog(out), progress=progress)
+    samples = evaluation(run_context, SampleLog(out, stamp=invocation.stamp), progress=progress)
+    invocation.finish(out, time.time())
+    invocations = provenance.history(out, samples, invocation)
     results = {
         "results": {task: aggregate(samples, "post")},
         "pre_edit": {task: aggregate(samples, "pre")},
@@ -411,8 +415,10 @@ def run(
         "protocol": protocols.record(task_obj, cfg.scoring_tokenizer, data_path),
         "versions": _versions(),
         "git_commit": _git_commit(),
+        "invocations": invocations,
         "timings": {
-            "total_seconds": time.perf_counter() - started,
+            "total_seconds": provenance.total_seconds(invocations),
+            "invocation_seconds": time.perf_counter() - started,
             "model_load_seconds": load_seconds,
             "prepare_seconds": prepare_seconds,
             **edit_timings(samples),

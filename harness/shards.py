@@ -217,9 +217,15 @@ def _merged_results(
     merged["record_ids"] = [s["record_id"] for s in samples]
     merged["editing"] = {**first["editing"], "edits_applied": len(samples)}
     shard_seconds = [s["timings"]["total_seconds"] for s in shards]
+    merged["invocations"] = [
+        {**entry, "shard": f"{shard[SHARD_KEY]['index']}/{shard[SHARD_KEY]['count']}"}
+        for shard in shards
+        for entry in shard.get("invocations", [])
+    ]
     merged["timings"] = {
         **{k: v for k, v in first["timings"].items() if not k.startswith("edit_seconds")},
-        "total_seconds": max(shard_seconds),
+        "total_seconds": sum(shard_seconds),  # every shard's time: what the run cost
+        "wall_seconds": max(shard_seconds),  # the shards ran side by side
         "shard_total_seconds": shard_seconds,
         **edit_timings(samples),
     }

@@ -26,6 +26,7 @@ def _comparable(results_dir: Path) -> dict:
     samples = [json.loads(line) for line in (results_dir / "samples.jsonl").read_text().splitlines()]
     for sample in samples:
         sample.pop("edit_seconds")
+        sample.pop("invocation"), sample.pop("logged_at")  # which process wrote it, and when
         sample.get("batch", {}).pop("seconds", None)
     keep = ("results", "pre_edit", "n-samples", "record_ids", "editing", "hparams", "model", "templates")
     return {"results": {k: results[k] for k in keep}, "samples": samples}
