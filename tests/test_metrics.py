@@ -1,4 +1,4 @@
-"""Scoring rules of PROTOCOL.md: token F1 over token-id multisets and exact match on stripped strings."""
+"""Scoring rules of docs/protocol.md: token F1 over token-id multisets and exact match on stripped strings."""
 
 from __future__ import annotations
 

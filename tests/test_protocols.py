@@ -195,3 +195,67 @@ def test_a_published_run_records_its_profile_and_does_not_compare_with_the_defau
     assert locality == [first["en"]["loc"], first["zh"]["loc"]]  # as in the file, marker and all
     comparison = compare.compare(published, default, [])
     assert [d.field for d in comparison.refusals] == ["protocol.name"]
+
+
+def usable_training_records(data_dir: Path, count: int) -> list[dict]:
+    """The first ``count`` English ZsRE training records with every field filled (the pool's rule)."""
+    fields = ("subject", "src", "alt", "rephrase", "loc", "loc_ans")
+    raw = json.loads((data_dir / "zsre_train" / "zsre_mend_train_en_10000.json").read_text(encoding="utf-8"))
+    return [item for item in raw if all(isinstance(item.get(f), str) and item[f].strip() for f in fields)][
+        :count
+    ]
+
+
+def bizsre_demonstration(item: dict, kind: str) -> str:
+    """One pool demonstration as the Bi-ZsRE run script and EasyEdit's IKE wrote it."""
+    fact = f"Q:{item['src']} A: {item['alt']}"
+    query = {
+        "copy": fact,
+        "update": f"{item['rephrase']} {item['alt']}",
+        # a character-set strip, as the script did (that is what is reproduced)
+        "retain": f"{item['loc'].lstrip('nq question: ')} {item['loc_ans']}",  # noqa: B005
+    }[kind]
+    return f"New Fact: {fact}\nPrompt: {query}\n\n"
+
+
+@pytest.mark.slow
+def test_published_ike_context_on_the_first_five_records_with_the_demo_model(gemma, data_dir, tmp_path):
+    pool = usable_training_records(data_dir, 200)
+    task = BiZsRETask("en").with_protocol("bizsre-published")
+    raw = raw_records(data_dir, 5)
+    records = task.records(raw, lambda question: question)
+    editor = IKE(IKEHparams(pool_size=len(pool)))
+    context = EditorContext(
+        cache_dir=tmp_path,
+        data_dir=data_dir,
+        training_set="zsre_en",
+        templates=Templates(),
+        protocol=task.protocol,
+    )
+    editor.prepare(gemma.model, gemma.tokenizer, context)
+    for item, record in zip(raw, records, strict=True):
+        src, alt = item["en"]["src"], item["en"]["alt"]
+        edit = editor.apply(gemma.model, gemma.tokenizer, [record.request])
+        chosen = [label.split(":") for label in edit.info["neighbours"]]
+        assert len(chosen) == 32
+        similarity = editor.index.similarity(f"New Fact: {src} {alt}\nPrompt: {src}")
+        position = {d.label: i for i, d in enumerate(editor.index.demonstrations)}
+        shown = [float(similarity[position[label]]) for label in edit.info["neighbours"]]
+        assert shown == sorted(shown, reverse=True)  # most similar first
+        demonstrations = "".join(bizsre_demonstration(pool[int(source)], kind) for kind, source in chosen)
+        assert edit.prefix_text == demonstrations + f"New Fact: {src} {alt}\nPrompt: {src} {alt}\n\n"
+        for probe in record.probes:
+            fact = f"New Fact: {src} {item[probe.language]['alt']}\nPrompt: "
+            assert edit.probe_text(probe.prompt, probe.language) == fact + probe.prompt
+        locality = [p for p in record.probes if p.property == "locality"]
+        pairs = [(p.prompt, p.expected) for p in locality]
+        languages = [p.language for p in locality]
+        reference = edit.reference_answers(
+            gemma.model, gemma.tokenizer, pairs, "teacher_forced", 16, languages
+        )
+        bare = [
+            (f"New Fact: {src} {item[lang]['alt']}\nPrompt: {item[lang]['loc']}", item[lang]["loc_ans"])
+            for lang in ("en", "zh")
+        ]
+        assert languages == ["en", "zh"]
+        assert reference == read_answers(gemma.model, gemma.tokenizer, bare, "teacher_forced", 16)

@@ -1,4 +1,4 @@
-"""The Bi-ZsRE task plugin: variants, records and probes per PROTOCOL.md, validation, data location."""
+"""The Bi-ZsRE task plugin: variants, records and probes per docs/protocol.md, validation, data location."""
 
 from __future__ import annotations
 

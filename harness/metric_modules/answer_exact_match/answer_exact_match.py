@@ -1,4 +1,4 @@
-"""Exact match after stripping surrounding whitespace, as in the harness's PROTOCOL (evaluate module)."""
+"""Exact match after stripping surrounding whitespace, as docs/protocol.md defines it (evaluate module)."""
 
 import datasets
 import evaluate

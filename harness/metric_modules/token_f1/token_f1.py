@@ -1,4 +1,4 @@
-"""Token-level F1 over token-id multisets, as defined in the harness's PROTOCOL (evaluate module)."""
+"""Token-level F1 over token-id multisets, as docs/protocol.md defines it (evaluate module)."""
 
 import datasets
 import evaluate
