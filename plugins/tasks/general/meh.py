@@ -102,7 +102,7 @@ class MehNaturalLanguageInference(MehProfile, NaturalLanguageInference):
     def metrics(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
         readings = [rules.after_last(p, "answer:") for p in predictions]
         counts = rules.nli_counts(readings, [e["label"] == "entailment" for e in examples])
-        return rules.label_scores(self.metric, *counts)
+        return rules.label_scores(self.metric, counts, len(examples))
 
 
 class MehOpenDomainQA(MehProfile, OpenDomainQA):
@@ -144,7 +144,7 @@ class MehClosedDomainQA(MehProfile, ClosedDomainQA):
     def metrics(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
         readings = [rules.before_first(p, "answer:") for p in predictions]
         counts = rules.closed_qa_counts(readings, [e["label"] for e in examples])
-        return rules.label_scores(self.metric, *counts)
+        return rules.label_scores(self.metric, counts, len(examples))
 
 
 class MehDialogue(MehProfile, Dialogue):
@@ -224,7 +224,7 @@ class MehSentiment(MehProfile, Sentiment):
     def metrics(self, examples: list[Example], predictions: list[str]) -> dict[str, float]:
         readings = [rules.after_last(p, "answer:") for p in predictions]
         counts = rules.sentiment_counts(readings, [e["label"] == "1" for e in examples])
-        return rules.label_scores(self.metric, *counts)
+        return rules.label_scores(self.metric, counts, len(examples))
 
 
 MEH_TASKS = (

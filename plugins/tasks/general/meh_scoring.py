@@ -34,15 +34,16 @@ def _count(total: int) -> int:
     return total
 
 
-def label_scores(key: str, right: int, wrong: int, unanswered: int) -> dict[str, float]:
-    """MEH's two accuracies of a label task: ``key`` over the answered items (its "accuracy"; 0 when
-    none is answered, where MEH writes "error"), ``key_all`` over every item, and the share answered."""
-    answered = right + wrong
-    every = _count(answered + unanswered)
+def label_scores(key: str, counts: tuple[int, int, int], items: int) -> dict[str, float]:
+    """MEH's two accuracies of a label task from its (right, wrong, unanswered) counts: ``key`` over
+    the answers (its "accuracy"; 0 when there is none, where MEH writes "error"), ``key_all`` over
+    every count, and the share of the ``items`` answered."""
+    right, wrong, unanswered = counts
+    answers = right + wrong
     return {
-        key: 100 * right / answered if answered else 0.0,
-        f"{key}_all": 100 * right / every,
-        "answered": 100 * answered / every,
+        key: 100 * right / answers if answers else 0.0,
+        f"{key}_all": 100 * right / (answers + unanswered),
+        "answered": 100 * (items - unanswered) / _count(items),
     }
 
 
