@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from harness import protocols
 from harness.answers import (
@@ -122,6 +123,12 @@ def answer_query(model, tokenizer, prefix: SharedPrefix, query: AbilityQuery) ->
     return {"id": query.example_id, "prediction": cut_at_stop(text, query.stop), "generated": text}
 
 
+def encode_context(model, ids: list[int]) -> SharedPrefix:
+    """The context's encoded states; no ids (a zero-shot task, a tokenizer that adds no BOS) give an
+    empty cache for the queries to fill, as the model cannot run on an empty input."""
+    return SharedPrefix.encode(model, ids) if ids else SharedPrefix((), DynamicCache())
+
+
 def ask(
     model, tokenizer, context: str, queries: list[AbilityQuery], log_file: SampleLog, progress: bool = True
 ) -> list[str]:
@@ -130,7 +137,7 @@ def ask(
     done = {line["id"]: line["prediction"] for line in log_file.samples}
     todo = [query for query in queries if query.example_id not in done]
     if todo:
-        prefix = SharedPrefix.encode(model, tokenizer(context).input_ids)
+        prefix = encode_context(model, tokenizer(context).input_ids)
         for query in tqdm(todo, desc="queries", unit="query", disable=not progress):
             line = answer_query(model, tokenizer, prefix, query)
             log_file.append(line)

@@ -162,6 +162,7 @@ def _validate(args) -> int:
 
 
 def _score(args) -> int:
+    from harness import protocols
     from harness.abilities import score_prediction_file
     from harness.config import data_dir_setting
 
@@ -169,8 +170,10 @@ def _score(args) -> int:
     task = plugins.lookup("task", args.task, plugins.tasks(data_dir))
     if not is_ability(task):
         raise ValueError(f"task {args.task}: only ability tasks score prediction files")
+    task = protocols.select(task, args.protocol or "")
     scores = score_prediction_file(task, data_dir, Path(args.predictions), args.limit)
-    print(json.dumps({"task": task.name, "metric": task.metric, "scores": scores}, indent=2))
+    result = {"task": task.name, "protocol": protocols.name_of(task), "metric": task.metric, "scores": scores}
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -315,6 +318,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--task", required=True)
     score.add_argument("--predictions", required=True, help='JSON lines {"id": ..., "prediction": "..."}')
     score.add_argument("--limit", type=int, default=0, help="the task's first N examples (default: all)")
+    score.add_argument("--protocol", help="the scoring profile to score under (default: the task's default)")
     score.add_argument("--data-dir")
     score.add_argument("--config")
     score.set_defaults(handler=_score)

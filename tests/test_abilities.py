@@ -116,6 +116,31 @@ def test_generation_after_a_cached_context_equals_greedy_generate_cut_at_the_sto
     assert line["prediction"] == greedy.split("\n")[0].strip()
 
 
+def test_an_empty_context_asks_as_the_plain_computation(tiny_llama):
+    """A zero-shot task under a tokenizer that adds no BOS has no context ids at all."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    prompt = _ids(tokenizer, "Question: Is fire cold?\nAnswer:", False)
+    empty = abilities.encode_context(model, [])
+    query = AbilityQuery("q", "Question: Is fire cold?\nAnswer:", max_new_tokens=5, stop=())
+    line = abilities.answer_query(model, tokenizer, empty, query)
+    out = model.generate(
+        input_ids=torch.tensor([prompt]),
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    assert line["generated"] == tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
+    cached = abilities.option_log_probs(
+        model, tokenizer, abilities.encode_context(model, []), prompt, (" no",)
+    )
+    option = _ids(tokenizer, " no", False)
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=torch.tensor([prompt + option])).last_hidden_state[0]
+    log_probs = torch.log_softmax(output_logits(model, hidden[len(prompt) - 1 : -1]).float(), dim=-1)
+    expected = log_probs[torch.arange(len(option)), torch.tensor(option)].mean().item()
+    assert cached[0] == pytest.approx(expected, abs=1e-5)
+
+
 def test_cut_at_stop_takes_the_earliest_stop():
     assert abilities.cut_at_stop(" 42\n\nQuestion: next", ("Question:", "\n\n")) == "42"
     assert abilities.cut_at_stop("no stop here ", ("\n",)) == "no stop here"

@@ -25,6 +25,9 @@ Per task: data set; shots; default_limit; what a prediction is; metric keys (per
 
 Label words are read back after stripping and lowercasing. NER matches (type, text) multisets
 (a generated list has no token offsets); gold entities come from IOB1 or IOB2 tags alike.
+
+All of the above is the ``fewshot`` scoring profile, the default; ``meh`` (meh.py) asks and scores as
+Gu et al.'s own scripts do (docs/ability-protocols.md sets the two side by side).
 """
 
 from harness.hookspecs import hookimpl

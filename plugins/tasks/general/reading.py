@@ -98,10 +98,14 @@ def json_array(path: Path, problems: DataProblems) -> Iterator[tuple[str, Any]]:
     yield from ((f"record {index}", item) for index, item in enumerate(items))
 
 
-def tsv(path: Path, columns: tuple[str, ...], problems: DataProblems) -> Iterator[tuple[str, Any]]:
-    """Rows of a tab-separated file with a header line naming ``columns`` (no quoting)."""
+def tsv(
+    path: Path, columns: tuple[str, ...], problems: DataProblems, quoted: bool = False
+) -> Iterator[tuple[str, Any]]:
+    """Rows of a tab-separated file with a header line naming ``columns``; no quoting, unless
+    ``quoted``: then a field may be quoted as the csv module reads by default (as MEH read RTE)."""
+    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     with path.open(encoding="utf-8", newline="") as file:
-        rows = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = csv.reader(file, delimiter="\t", quoting=quoting)
         header = next(rows, None)
         if header is None or tuple(header) != columns:
             problems.add("line 1", f"needs the header {list(columns)}, got {header}")
@@ -115,15 +119,18 @@ def tsv(path: Path, columns: tuple[str, ...], problems: DataProblems) -> Iterato
             yield f"line {number}", dict(zip(columns, row))
 
 
-def conll_sentences(path: Path, problems: DataProblems) -> Iterator[tuple[str, Any]]:
+def conll_sentences(
+    path: Path, problems: DataProblems, keep_docstart: bool = False
+) -> Iterator[tuple[str, Any]]:
     """Sentences of a CoNLL-2003 column file: the token is the first column, the entity tag the last;
-    blank lines end sentences and ``-DOCSTART-`` lines are skipped. Tags are O, B-TYPE or I-TYPE."""
+    blank lines end sentences and ``-DOCSTART-`` lines are skipped, unless ``keep_docstart``: then
+    they are ordinary lines (MEH asks about each one as a sentence). Tags are O, B-TYPE or I-TYPE."""
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
     for number, line in enumerate([*path.read_text(encoding="utf-8").splitlines(), ""], start=1):
         columns = line.split()
-        if not columns or columns[0] == "-DOCSTART-":
+        if not columns or (columns[0] == "-DOCSTART-" and not keep_docstart):
             if tokens:
                 yield f"line {start}", {"tokens": tokens, "tags": tags}
             tokens, tags = [], []

@@ -31,6 +31,10 @@ from .scoring import (
 
 Render = Callable[..., str]
 Example = dict[str, Any]
+# The scoring profiles (harness.protocols): this module's few-shot tasks, the default, and MEH's
+# zero-shot generation with its own scorers (meh.py); docs/ability-protocols.md compares them.
+FEWSHOT = "fewshot"
+MEH = "meh"
 GSM8K_CALCULATIONS = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: "$<<9*2=18>>18"
 
 
@@ -63,6 +67,15 @@ class GeneralTask:
     id_field: ClassVar[str | None] = None  # the record's own id; without one, its position in the file
     max_new_tokens: ClassVar[int] = 32
     stop: ClassVar[tuple[str, ...]] = ("\n",)
+    protocols: ClassVar[tuple[str, ...]] = (FEWSHOT, MEH)
+    protocol: ClassVar[str] = FEWSHOT
+
+    def with_protocol(self, name: str) -> GeneralTask:
+        """This task as scoring profile ``name`` asks and scores it."""
+        from .meh import MEH_TASKS  # meh.py builds on this module's tasks
+
+        profiles = {FEWSHOT: TASKS, MEH: MEH_TASKS}
+        return next(task for task in profiles[name] if task.name == self.name)
 
     def data_files(self, data_dir: Path | None) -> list[Path]:
         if data_dir is None:
