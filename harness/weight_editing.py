@@ -312,11 +312,9 @@ class SubjectContexts:
 
     def prompt_groups(self) -> tuple[int, ...]:
         """Sizes of the runs in each prompt set: the plain prompt, then each prefix length's copies."""
-        return (
-            (1,) + (self.contexts_per_length,) * len(self.context_lengths)
-            if self.contexts_per_length
-            else (1,)
-        )
+        if not self.contexts_per_length:
+            return (1,)
+        return (1,) + (self.contexts_per_length,) * len(self.context_lengths)
 
 
 @dataclass(frozen=True)
