@@ -165,10 +165,20 @@ def keys_at(
 
 
 def subject_keys(
-    model, tokenizer, prompt_sets: Sequence[Sequence[str]], subjects: Sequence[str], module_name: str
+    model,
+    tokenizer,
+    prompt_sets: Sequence[Sequence[str]],
+    subjects: Sequence[str],
+    module_name: str,
+    groups: Sequence[int] = (),
 ) -> torch.Tensor:
     """One key per request: the input of ``module_name`` at the subject's last token, averaged over
-    that request's prompts (the plain prompt and its context-prefixed copies). (n, d_in)."""
+    that request's prompts (the plain prompt and its context-prefixed copies). (n, d_in).
+
+    ``groups`` (sizes of consecutive runs of each request's prompts, e.g. the plain prompt and each
+    prefix length) makes the key the mean of the runs' means, as MEMIT's reference averages keys;
+    empty: one flat mean, as ROME's reference does.
+    """
     texts = [t for prompts in prompt_sets for t in prompts]
     positions = [
         subject_last_token(tokenizer, t, subject)
@@ -177,7 +187,11 @@ def subject_keys(
     ]
     keys = keys_at(model, tokenizer, texts, positions, module_name)
     sizes = [len(prompts) for prompts in prompt_sets]
-    return torch.stack([chunk.mean(0) for chunk in keys.split(sizes)])
+    if not groups:
+        return torch.stack([chunk.mean(0) for chunk in keys.split(sizes)])
+    return torch.stack(
+        [torch.stack([g.mean(0) for g in chunk.split(list(groups))]).mean(0) for chunk in keys.split(sizes)]
+    )
 
 
 STARTERS = {"en": ["The", "Therefore", "Because", "I", "You"], "zh": ["这", "因此", "因为", "我", "你"]}
@@ -296,6 +310,12 @@ class SubjectContexts:
             sets.append(tuple(prefix + request.prompt for prefix in prefixes))
         return sets
 
+    def prompt_groups(self) -> tuple[int, ...]:
+        """Sizes of the runs in each prompt set: the plain prompt, then each prefix length's copies."""
+        if not self.contexts_per_length:
+            return (1,)
+        return (1,) + (self.contexts_per_length,) * len(self.context_lengths)
+
 
 @dataclass(frozen=True)
 class ValueObjective:
@@ -307,10 +327,16 @@ class ValueObjective:
     kl_factor: float = 0.0625
     clamp_norm_factor: float = 4.0
     stop_loss: float = 5e-2
+    stop_on: str = "nll"  # a goal stops once this is below stop_loss: "nll", or "total" (the references)
+    kl_position: str = "prompt_end"  # where KL is taken in the essence prompt, or "subject_last" (refs)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.stop_on not in ("nll", "total"):
+            raise ValueError(f"stop_on must be 'nll' or 'total', got {self.stop_on!r}")
+        if self.kl_position not in ("prompt_end", "subject_last"):
+            raise ValueError(f"kl_position must be 'prompt_end' or 'subject_last', got {self.kl_position!r}")
         for name in ("lr", "clamp_norm_factor"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -369,10 +395,18 @@ class _Packed:
     rows: list[torch.Tensor]  # per goal: its rows, the essence row last
     goal_cols: list[torch.Tensor]  # per goal: positions (within each prompt row) predicting the target
     goal_tokens: list[torch.Tensor]
-    essence_cols: torch.Tensor  # per goal: last position of its essence row
+    essence_cols: torch.Tensor  # per goal: the position of its essence row whose KL is taken
 
 
-def _pack(tokenizer, goals: Sequence[ValueGoal], device: torch.device) -> _Packed:
+def essence_position(tokenizer, goal: ValueGoal, kl_position: str) -> int:
+    """Where the essence prompt's next-token distribution is held: its last token (``prompt_end``) or
+    the subject's last token (``subject_last``, where ROME's and MEMIT's references take it)."""
+    if kl_position == "subject_last":
+        return subject_last_token(tokenizer, goal.essence_prompt, goal.subject)
+    return len(prompt_ids(tokenizer, goal.essence_prompt)) - 1
+
+
+def _pack(tokenizer, goals: Sequence[ValueGoal], device: torch.device, kl_position: str) -> _Packed:
     sequences, subject_cols, rows, goal_cols, goal_tokens, essence_cols = [], [], [], [], [], []
     for goal in goals:
         tokens = target_ids(tokenizer, goal.target)
@@ -389,7 +423,7 @@ def _pack(tokenizer, goals: Sequence[ValueGoal], device: torch.device) -> _Packe
         rows.append(torch.arange(first, len(sequences), device=device))
         goal_cols.append(torch.tensor(cols, device=device))
         goal_tokens.append(torch.tensor(tokens, device=device))
-        essence_cols.append(len(essence) - 1)
+        essence_cols.append(essence_position(tokenizer, goal, kl_position))
     ids, mask = pad_batch(sequences, tokenizer.pad_token_id, device)
     return _Packed(
         ids,
@@ -414,10 +448,10 @@ def optimise_values(
     makes the model emit the goal's target after each of its prompts.
 
     loss = mean NLL(target) + kl_factor * KL(essence with delta || without) + weight_decay *
-    ||delta|| / reference_norm^2; Adam, and after each step ||delta|| is clamped to
-    clamp_norm_factor * reference_norm. Goals are optimised ``chunk`` at a time in one batch, each with
-    its own optimiser, and leave the batch when their NLL drops below ``stop_loss``: the result for a
-    goal is the same as optimising it alone.
+    ||delta|| / reference_norm^2, KL at ``kl_position``; Adam, and after each step ||delta|| is clamped
+    to clamp_norm_factor * reference_norm. Goals are optimised ``chunk`` at a time in one batch, each
+    with its own optimiser, and leave the batch when their NLL (``stop_on="nll"``) or loss
+    (``"total"``) drops below ``stop_loss``: the result for a goal is the same as optimising it alone.
     """
     results: list[ValueResult] = []
     for start in range(0, len(goals), chunk):
@@ -427,7 +461,7 @@ def optimise_values(
 
 def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[ValueResult]:
     device = device_of(model)
-    packed = _pack(tokenizer, goals, device)
+    packed = _pack(tokenizer, goals, device, objective.kl_position)
     essence_rows = torch.stack([r[-1] for r in packed.rows])
     with torch.no_grad():
         hidden = final_hidden(model, packed.ids[essence_rows], packed.mask[essence_rows])
@@ -467,7 +501,7 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
             results[g].losses.append(loss.item())
             results[g].steps = step
             offset += n_rows
-            if nll.item() >= objective.stop_loss:
+            if (nll if objective.stop_on == "nll" else loss).item() >= objective.stop_loss:
                 still_active.append(g)
                 total = total + loss
         active = still_active

@@ -11,7 +11,7 @@ from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir
 from harness.weight_editing import keys_at
 from harness_plugins.methods.kn import KN, KNHparams, neuron_attributions
-from harness_plugins.methods.kn.editor import select_neurons
+from harness_plugins.methods.kn.editor import embedding_sum, select_neurons
 
 PROMPT = "The capital of Vandoria is"
 
@@ -114,3 +114,90 @@ def test_kn_rejects_layers_outside_the_model(tiny_llama):
     editor = KN(KNHparams(layers=(1, 9)))
     with pytest.raises(ValueError, match=r"kn: layers=\(1, 9\) has \[9\] outside the model's 0\.\.3"):
         editor.prepare(tiny_llama.model, tiny_llama.tokenizer, EditorContext(cache_dir=cache_dir()))
+
+
+def test_easyedit_attribution_with_one_step_is_the_gradient_at_a_zeroed_gate(tiny_llama):
+    """EasyEdit's grid is linspace(0, 1, steps): with steps=1 the gate output at the last position is
+    replaced by zeros, and the attribution is the clean activation times the gradient there."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    name = "model.layers.1.mlp.gate_proj"
+    token = int(_next_token_probabilities(model, tokenizer, PROMPT).argmax())
+    scores = neuron_attributions(model, tokenizer, PROMPT, token, [name], 1, "output", "linspace")
+    ids = torch.tensor([prompt_ids(tokenizer, PROMPT)])
+    clean = {}
+    gate = model.get_submodule(name)
+    handle = gate.register_forward_hook(lambda _m, _a, out: clean.setdefault("a", out[0, -1].detach()))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    zero = torch.zeros_like(clean["a"], requires_grad=True)
+
+    def put_zero(_module, _args, output):
+        output = output.clone()
+        output[0, -1] = zero
+        return output
+
+    handle = gate.register_forward_hook(put_zero)
+    try:
+        probability = output_logits(model, final_hidden(model, ids, torch.ones_like(ids))[0, -1]).softmax(-1)
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(probability[token], zero)
+    torch.testing.assert_close(scores[0], clean["a"] * gradient, rtol=1e-5, atol=1e-9)
+
+
+def test_easyedit_embedding_term_is_doubled_for_one_token_and_summed_for_several():
+    embeddings = torch.tensor([[1.0, 2.0], [10.0, 20.0], [100.0, 200.0]])
+    assert embedding_sum(embeddings, [1]).tolist() == [20.0, 40.0]
+    assert embedding_sum(embeddings, [0, 2]).tolist() == [101.0, 202.0]
+    assert embedding_sum(embeddings, [2, 2]).tolist() == [200.0, 400.0]
+
+
+def test_kn_easyedit_shifts_the_chosen_gate_units_columns_by_target_minus_greedy_and_restores(tiny_llama):
+    """Neurons: units of the gate output above 0.2 x the peak of the attributions to "<|endoftext|>"'s
+    tokens (BOS first), token i after the prompt plus i greedy tokens. Shift: the target's tokens
+    (special tokens included) minus as many greedy tokens, each embedding once (several tokens)."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    request = EditRequest(PROMPT, "Quito", "Vandoria", "en")
+    editor = KN(KNHparams(variant="easyedit", layers=(1, 2)))
+    assert editor.hparams.integration_steps == 1
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    assert editor.unit_modules(model) == ["model.layers.1.mlp.gate_proj", "model.layers.2.mlp.gate_proj"]
+    attributed = prompt_ids(tokenizer, "<|endoftext|>")
+    new = prompt_ids(tokenizer, "Quito")
+    assert attributed[0] == new[0] == tokenizer.bos_token_id and len(new) == 6  # bytes, BOS first
+    ids = torch.tensor([prompt_ids(tokenizer, PROMPT)])
+    steps = max(len(attributed), len(new))
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=steps)
+    greedy = greedy[0, ids.shape[1] :].tolist()
+    texts = [PROMPT + tokenizer.decode(greedy[:i]) for i in range(len(attributed))]
+    names = editor.unit_modules(model)
+    scores = torch.stack(
+        [
+            neuron_attributions(model, tokenizer, text, token, names, 1, "output", "linspace")
+            for text, token in zip(texts, attributed, strict=True)
+        ]
+    ).mean(0)
+    expected_neurons = {(1 + row, unit) for row, unit in select_neurons(scores, 0.2, 0)}
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    edit = editor.apply(model, tokenizer, [request])
+    chosen = {tuple(n) for n in edit.info["neurons"]}
+    assert chosen == expected_neurons and chosen
+    embeddings = params["model.embed_tokens.weight"]
+    shift = embeddings[new].sum(0) - embeddings[greedy[: len(new)]].sum(0)
+    arch = architecture(model)
+    for name, param in model.named_parameters():
+        expected = params[name].clone()
+        for layer, unit in chosen:
+            if name == arch.mlp_out_weight(layer):
+                expected[:, unit] += shift
+        torch.testing.assert_close(param, expected, rtol=0, atol=0)
+    edit.restore()
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+
+def test_kn_easyedit_refuses_paper_only_settings():
+    with pytest.raises(ValueError, match="belong to variant=paper"):
+        KNHparams(variant="easyedit", enhance=2.0)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        KNHparams(variant="rome")

@@ -11,9 +11,11 @@ from harness.models import architecture, cache_dir
 from harness.weight_editing import (
     ValueResult,
     add_to_output,
+    keys_at,
     least_squares_update,
     rank_one_update,
     representations,
+    subject_keys,
     subject_last_token,
     value_change,
 )
@@ -167,3 +169,54 @@ def test_value_change_through_a_post_mlp_norm_reaches_a_reachable_target(harness
     with torch.no_grad():
         torch.testing.assert_close(post(values + change) - post(values), wanted, rtol=0, atol=1e-4)
     assert value_change(None, values, wanted) is wanted  # no post-MLP module: the change is the wish
+
+
+def test_per_length_keys_are_the_mean_of_each_runs_mean(tiny_llama):
+    """MEMIT's reference averages keys within the plain prompt and each prefix length, then over
+    those: with runs (1, 2, 2) the plain prompt weighs 1/3, not 1/5."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    request = REQUESTS[0]
+    texts = (request.prompt, *(f"Some text {i}. {request.prompt}" for i in range(4)))
+    name = architecture(model).mlp_out.format(1)
+    positions = [subject_last_token(tokenizer, t, request.subject) for t in texts]
+    k = keys_at(model, tokenizer, texts, positions, name)
+    expected = (k[0] + k[1:3].mean(0) + k[3:5].mean(0)) / 3
+    per_length = subject_keys(model, tokenizer, [texts], [request.subject], name, (1, 2, 2))[0]
+    torch.testing.assert_close(per_length, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(subject_keys(model, tokenizer, [texts], [request.subject], name)[0], k.mean(0))
+    assert MEMITHparams(context_lengths=(5, 10), contexts_per_length=2).prompt_groups() == (1, 2, 2)
+    assert MEMITHparams(contexts_per_length=0).prompt_groups() == (1,)
+
+
+@pytest.mark.parametrize("key_average, groups", [("flat", ()), ("per_length", (1, 2, 2))])
+def test_memit_passes_its_key_average_to_every_layers_keys(tiny_llama, monkeypatch, key_average, groups):
+    seen = []
+
+    def recording(*args):
+        seen.append(args[-1])
+        return subject_keys(*args)
+
+    monkeypatch.setattr(memit_editor, "subject_keys", recording)
+    hparams = MEMITHparams(layers=(1, 2), key_average=key_average, **{**SHARED, "steps": 1})
+    editor = MEMIT(hparams)
+    editor.prepare(tiny_llama.model, tiny_llama.tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    with editor.apply(tiny_llama.model, tiny_llama.tokenizer, REQUESTS[:1]):
+        assert seen == [groups, groups]
+
+
+def test_memit_clamp_is_relative_to_the_residual_when_asked(tiny_llama):
+    """value_norm=residual: ||delta|| of a binding clamp is clamp_norm_factor x the norm of the residual
+    after the last layer at the plain prompt's subject token (MEMIT's reference target_init)."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    requests = REQUESTS[:2]
+    residuals = []
+    for request in requests:
+        ids = torch.tensor([tokenizer(request.prompt).input_ids])
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states[3][0]  # after layer 2 of 4
+        residuals.append(float(hidden[subject_last_token(tokenizer, request.prompt, request.subject)].norm()))
+    hparams = {**SHARED, "steps": 2, "clamp_norm_factor": 0.01}
+    editor = MEMIT(MEMITHparams(layers=(1, 2), value_norm="residual", **hparams))
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    with editor.apply(model, tokenizer, requests) as edit:
+        assert edit.info["delta_norm"] == pytest.approx([0.01 * r for r in residuals], rel=1e-5)

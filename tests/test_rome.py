@@ -7,7 +7,17 @@ import torch
 
 from harness.api import Edit, EditorContext, EditRequest, RestoreError
 from harness.models import architecture, cache_dir
-from harness.weight_editing import context_prefixes, keys_at, rank_one_update, subject_last_token
+from harness.weight_editing import (
+    ValueObjective,
+    _pack,
+    context_prefixes,
+    essence_position,
+    keys_at,
+    optimise_values,
+    rank_one_update,
+    subject_goals,
+    subject_last_token,
+)
 from harness_plugins.methods.rome import ROME, ROMEHparams
 
 
@@ -111,3 +121,68 @@ def test_subject_last_token_uses_offsets(tiny_llama):
     assert subject_last_token(tokenizer, text, "zorvik tower") == index  # case-insensitive fallback
     with pytest.raises(ValueError, match="not found"):
         subject_last_token(tokenizer, text, "Eiffel")
+
+
+def _goal(tokenizer, request: EditRequest, norm: float = 1.0):
+    (goal,) = subject_goals([request], [(request.prompt,)], [norm])
+    return goal
+
+
+def test_kl_is_held_at_the_essence_prompts_end_or_its_subjects_last_token(tiny_llama):
+    tokenizer = tiny_llama.tokenizer  # byte-level: one token per byte, BOS first
+    goal = _goal(tokenizer, EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en"))
+    assert goal.essence_prompt == "Zorvik Tower is a"
+    assert essence_position(tokenizer, goal, "prompt_end") == len("Zorvik Tower is a")  # BOS + 17 - 1
+    assert essence_position(tokenizer, goal, "subject_last") == len("Zorvik Tower")  # BOS + 12 - 1
+    for where, column in (("prompt_end", 17), ("subject_last", 12)):
+        assert _pack(tokenizer, [goal], torch.device("cpu"), where).essence_cols.tolist() == [column]
+
+
+def test_early_stop_watches_the_nll_or_the_total_loss(tiny_llama):
+    """The first Adam step does not depend on the weight decay (its gradient at delta = 0 is 0), so
+    the NLL after it is the same with and without decay; a stop_loss just above it ends the NLL rule at
+    step 2, while the total (NLL + a large decay) stays above it and runs to the last step."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    goal = _goal(tokenizer, EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en"))
+    name = architecture(model).mlp_out.format(1)
+    free = dict(lr=0.1, kl_factor=0.0, clamp_norm_factor=1e6)
+    (plain,) = optimise_values(
+        model, tokenizer, [goal], name, ValueObjective(steps=2, weight_decay=0.0, stop_loss=0.0, **free)
+    )
+    nll_1, nll_2 = plain.losses
+    stop = nll_2 * 1.001
+    assert nll_1 > stop
+    decayed = dict(steps=3, weight_decay=100.0, stop_loss=stop, **free)
+    (by_nll,) = optimise_values(model, tokenizer, [goal], name, ValueObjective(stop_on="nll", **decayed))
+    (by_total,) = optimise_values(model, tokenizer, [goal], name, ValueObjective(stop_on="total", **decayed))
+    assert by_nll.steps == 2 and by_nll.losses[1] > stop  # its total was above: the NLL stopped it
+    assert by_total.steps == 3
+    assert by_nll.losses[:2] == by_total.losses[:2]
+
+
+@pytest.mark.parametrize("value_norm", ["averaged_key", "prompt_output"])
+def test_rome_clamp_is_relative_to_the_chosen_value_norm(tiny_llama, value_norm):
+    """A tight clamp binds: ||delta|| ends exactly at clamp_norm_factor x ||v0||, v0 = W k* (k* the
+    key averaged over contexts) or the MLP output at the plain prompt's subject token."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    request = EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en")
+    arch = architecture(model)
+    mlp = arch.mlp_out.format(1)
+    prefixes = context_prefixes(model, tokenizer, "en", 0, cache_dir(), [(5, 2), (10, 2)])
+    texts = [p + request.prompt for p in prefixes]
+    positions = [subject_last_token(tokenizer, t, request.subject) for t in texts]
+    key = keys_at(model, tokenizer, texts, positions, mlp).mean(0)
+    weight = model.get_parameter(arch.mlp_out_weight(1))
+    seen = {}
+    handle = model.get_submodule(mlp).register_forward_hook(lambda _m, _a, out: seen.setdefault("v", out))
+    with torch.no_grad():
+        model(torch.tensor([tokenizer(request.prompt).input_ids]))
+    handle.remove()
+    v0 = {"averaged_key": weight.detach() @ key, "prompt_output": seen["v"][0, positions[0]]}[value_norm]
+    hparams = ROMEHparams(
+        layer=1, steps=2, contexts_per_length=2, clamp_norm_factor=0.01, value_norm=value_norm
+    )
+    editor = ROME(hparams)
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    with editor.apply(model, tokenizer, [request]) as edit:
+        assert edit.info["delta_norm"] == pytest.approx(0.01 * float(v0.norm()), rel=1e-5)

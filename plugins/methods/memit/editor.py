@@ -43,6 +43,8 @@ class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
     update_weight: float = 15_000.0  # lambda: how much the keys in C keep their old values
     second_moments: bool = True
     value_chunk: int = 8  # requests whose values are optimised together (bounds memory)
+    value_norm: str = "mlp_output"  # v0 of the clamp and decay, or "residual" (the reference's)
+    key_average: str = "flat"  # over all prompts, or "per_length": mean of per-length means (reference)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +56,10 @@ class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
             raise ValueError(f"update_weight must be >= 0, got {self.update_weight}")
         if self.value_chunk < 1:
             raise ValueError(f"value_chunk must be >= 1, got {self.value_chunk}")
+        if self.value_norm not in ("mlp_output", "residual"):
+            raise ValueError(f"value_norm must be 'mlp_output' or 'residual', got {self.value_norm!r}")
+        if self.key_average not in ("flat", "per_length"):
+            raise ValueError(f"key_average must be 'flat' or 'per_length', got {self.key_average!r}")
 
 
 class MEMIT:
@@ -92,11 +98,14 @@ class MEMIT:
 
         prompt_sets = hp.prompt_sets(model, tokenizer, requests, self.context)
         last_mlp = arch.mlp_out.format(layers[-1])
-        outputs = representations(model, tokenizer, prompts, positions, last_mlp, "output")
-        goals = subject_goals(requests, prompt_sets, outputs.norm(dim=-1).tolist())
+        start = residual()
+        if hp.value_norm == "residual":
+            reference = start
+        else:
+            reference = representations(model, tokenizer, prompts, positions, last_mlp, "output")
+        goals = subject_goals(requests, prompt_sets, reference.norm(dim=-1).tolist())
         values = optimise_values(model, tokenizer, goals, last_mlp, hp.objective(), hp.value_chunk)
         deltas = torch.stack([v.delta for v in values])
-        start = residual()
         rows = torch.arange(len(requests), device=device_of(model))
         with add_to_output(
             module(model, last_mlp), rows, torch.tensor(positions, device=rows.device), deltas
@@ -105,10 +114,11 @@ class MEMIT:
                 model, tokenizer, prompts, positions, residual_at, "output", len(prompts)
             )
 
+        groups = hp.prompt_groups() if hp.key_average == "per_length" else ()
         edit = Edit.snapshot(model, [arch.mlp_out_weight(layer) for layer in layers])
         for done, layer in enumerate(layers):
             name = arch.mlp_out.format(layer)
-            keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], name)
+            keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], name, groups)
             wanted = (targets - residual()) / (len(layers) - done)
             post = module(model, arch.mlp_post.format(layer)) if arch.mlp_post else None
             outputs = representations(model, tokenizer, prompts, positions, name, "output") if post else None

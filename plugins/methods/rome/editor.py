@@ -16,8 +16,10 @@ from harness.weight_editing import (
     optimise_values,
     rank_one_update,
     regularised_moments,
+    representations,
     subject_goals,
     subject_keys,
+    subject_last_token,
 )
 
 log = logging.getLogger(__name__)
@@ -25,9 +27,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ROMEHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
-    """Where ROME writes, plus the shared value-optimisation, context and second-moment settings."""
+    """Where ROME writes, plus the shared value-optimisation, context and second-moment settings.
+
+    ``value_norm`` is the v0 whose norm scales the clamp and the weight decay: ``averaged_key`` W k*
+    (k* the key averaged over contexts), or ``prompt_output`` the MLP output at the subject's last
+    token of the plain prompt, as ROME's reference records it.
+    """
 
     layer: int = 5
+    value_norm: str = "averaged_key"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value_norm not in ("averaged_key", "prompt_output"):
+            raise ValueError(f"value_norm must be 'averaged_key' or 'prompt_output', got {self.value_norm!r}")
 
 
 class ROME:
@@ -51,6 +64,19 @@ class ROME:
             moments, self.corpus = regularised_moments(model, tokenizer, [name], self.hparams, context)
             self.inverse_moment = torch.linalg.inv(moments[name])
 
+    def reference_norm(self, model, tokenizer, request: EditRequest, key: torch.Tensor) -> float:
+        """||v0|| by ``value_norm``: of W k* (``key``), or of the MLP output at the plain prompt."""
+        arch = architecture(model)
+        module_name = arch.mlp_out.format(self.hparams.layer)
+        if self.hparams.value_norm == "prompt_output":
+            position = subject_last_token(tokenizer, request.prompt, request.subject)
+            return float(
+                representations(model, tokenizer, [request.prompt], [position], module_name, "output").norm()
+            )
+        weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
+        value = (key @ weight.float()) if arch.transposed else (weight.float() @ key.to(weight.device))
+        return float(value.norm())
+
     def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         if self.context is None:
             raise RuntimeError("rome: call prepare() before apply()")
@@ -61,8 +87,9 @@ class ROME:
         weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
         prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
         key = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)[0]
-        value = (key @ weight.float()) if arch.transposed else (weight.float() @ key.to(weight.device))
-        goals = subject_goals(requests, prompt_sets, [float(value.norm())])
+        goals = subject_goals(
+            requests, prompt_sets, [self.reference_norm(model, tokenizer, requests[0], key)]
+        )
         (result,) = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
         direction = None
         if self.inverse_moment is not None:
