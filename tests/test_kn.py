@@ -3,6 +3,8 @@ change, select by threshold, and the value-column edit is exact and restores bit
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir
 from harness.weight_editing import keys_at
 from harness_plugins.methods.kn import KN, KNHparams, neuron_attributions
-from harness_plugins.methods.kn.editor import embedding_sum, select_neurons
+from harness_plugins.methods.kn.editor import answer_tokens, embedding_sum, select_neurons
 
 PROMPT = "The capital of Vandoria is"
 
@@ -201,3 +203,15 @@ def test_kn_easyedit_refuses_paper_only_settings():
         KNHparams(variant="easyedit", enhance=2.0)
     with pytest.raises(ValueError, match="variant must be one of"):
         KNHparams(variant="rome")
+
+
+def test_the_current_answer_is_never_an_added_control_token(tiny_llama):
+    """Gemma 3 ranks its unflagged ``<start_of_image>`` first after some questions; KN then edited
+    the neurons of an image marker and wrecked locality (0 F1 on the demo model)."""
+    tokenizer = copy.deepcopy(tiny_llama.tokenizer)
+    tokenizer.add_tokens(["<start_of_image>"])  # added, not special, as in Gemma 3's tokenizer
+    (marker,) = tokenizer.convert_tokens_to_ids(["<start_of_image>"])
+    word = tokenizer("Paris", add_special_tokens=False).input_ids[0]
+    space = tokenizer(" ", add_special_tokens=False).input_ids[-1]
+    special = tokenizer.eos_token_id
+    assert answer_tokens(tokenizer, [marker, special, space, word]) == [word]

@@ -160,9 +160,15 @@ def current_answer_token(model, tokenizer, prompt: str, candidates: int = 50) ->
     ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device_of(model))
     logits = output_logits(model, final_hidden(model, ids, torch.ones_like(ids))[0, -1])
     ranked = logits.topk(candidates).indices.tolist()
-    special = set(tokenizer.all_special_ids)
-    visible = [t for t in ranked if t not in special and tokenizer.decode([t]).strip()]
+    visible = answer_tokens(tokenizer, ranked)
     return visible[0] if visible else ranked[0]
+
+
+def answer_tokens(tokenizer, ranked: list[int]) -> list[int]:
+    """The tokens of ``ranked`` that can open an answer: visible text from the base vocabulary. Added
+    tokens are control symbols even when not flagged special (Gemma 3's ``<start_of_image>``)."""
+    excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return [t for t in ranked if t not in excluded and tokenizer.decode([t]).strip()]
 
 
 @torch.no_grad()
