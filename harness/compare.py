@@ -484,7 +484,7 @@ def _noise(rows: list[Row], reasons: dict[str, str]) -> str:
         return f"paired bootstrap {level} over records"
     why = "; ".join(f"{side}: {reason}" for side, reason in reasons.items() if reason)
     mixed = "paired where both runs have per-record scores, else " if PAIRED in methods else ""
-    return f"{level}, {mixed}unpaired from the stored stderrs ({why})"
+    return f"{level}, {mixed}unpaired from the stored stderrs" + (f"; {why}" if why else "")
 
 
 def compare(
