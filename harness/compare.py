@@ -449,7 +449,7 @@ def per_record(results: dict[str, Any], found: FoundSamples) -> tuple[dict[str, 
     ids = sorted(str(sample.get("record_id")) for sample in samples)
     if ids != sorted(str(i) for i in results.get("record_ids", [])):
         return {}, f"its {SAMPLES} holds other records than its results.json"
-    found: dict[str, RecordScores] = {}
+    by_key: dict[str, RecordScores] = {}
     for section, phase in (("results", "post"), ("pre_edit", "pre")):
         for task, stored in (results.get(section) or {}).items():
             for key, scores in record_scores(samples, phase).items():
@@ -458,8 +458,8 @@ def per_record(results: dict[str, Any], found: FoundSamples) -> tuple[dict[str, 
                     stored[key], DECIMALS
                 ):
                     return {}, f"its {SAMPLES} does not reproduce {full}"
-                found[full] = scores
-    return found, ""
+                by_key[full] = scores
+    return by_key, ""
 
 
 def _interval(
