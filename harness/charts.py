@@ -1,5 +1,8 @@
 """Charts of editing runs (matplotlib, drawn off-screen): a radar per run and per task, the cross-lingual
-generality gap per task, and the decay of accumulating runs as edits pile up. F1 in percent throughout."""
+generality gap per task, and the decay of accumulating runs as edits pile up. F1 in percent throughout;
+where results.json has standard errors, a run's radar shades ± one of them around its polygon and the
+gap chart draws them as error bars (the overlay radar and the decay plot do not: bands of several
+lines overlap into an unreadable smear)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from harness.report import PROPERTY_ORDER, SHORT, Run, columns, run_labels
+from harness.uncertainty import stderr_key
 
 CHART_FORMATS = ("png", "svg")
 PROPERTY_COLOURS = {
@@ -71,6 +75,10 @@ def _slug(text: str) -> str:
 
 def _f1(scores: dict[str, float], column: str) -> float:
     return scores.get(f"{column}.f1", math.nan)
+
+
+def _f1_stderr(scores: dict[str, float], column: str) -> float:
+    return scores.get(stderr_key(f"{column}.f1"), math.nan)
 
 
 def _colour(index: int) -> str:
@@ -138,6 +146,7 @@ def radar(run: Run, label: str, task: str) -> Chart:
             _closed(angles), _closed(edited), color=_colour(0), linewidth=2, label=f"{label} (after edit)"
         )
         ax.fill(angles, edited, color=_colour(0), alpha=0.25)
+        _stderr_band(ax, angles, edited, [_f1_stderr(scores, c) for c in cols])
         if pre:
             _unedited_outline(ax, angles, pre, cols, linewidth=1.4, marker="o", markersize=3)
         figure.legend(loc="outside lower center", ncols=2, frameon=False, title=_key(cols))
@@ -145,6 +154,24 @@ def radar(run: Run, label: str, task: str) -> Chart:
             f"{label} on {task}\nF1 (%), {run.model}, {_records(run, task)} records", fontweight="bold"
         )
     return Chart(f"radar_{_slug(label)}_{_slug(task)}", figure, task)
+
+
+def _stderr_band(ax, angles: list[float], values: list[float], errors: list[float]) -> None:
+    """A darker ring from F1 - stderr to F1 + stderr (within 0-100 %) around the run's polygon; none
+    without standard errors."""
+    if all(math.isnan(error) for error in errors):
+        return
+    low = [max(0.0, v - e) for v, e in zip(values, errors)]
+    high = [min(100.0, v + e) for v, e in zip(values, errors)]
+    ax.fill_between(
+        _closed(angles),
+        _closed(low),
+        _closed(high),
+        color=_colour(0),
+        alpha=0.3,
+        linewidth=0,
+        label="± stderr",
+    )
 
 
 def _unedited_outline(ax, angles: list[float], pre: dict[str, float], cols: list[str], **style) -> None:
@@ -197,11 +224,24 @@ def gap_chart(task: str, entries: list[tuple[Run, str]]) -> Chart | None:
         )
         ax = figure.add_subplot()
         label_bars = len(entries) * len(langs) <= 24
+        with_errors = False
         for j, lang in enumerate(langs):
             xs = [i + (j - (len(langs) - 1) / 2) * width for i in range(len(entries))]
-            values = [_f1(run.results["results"][task], f"generality.{lang}") for run, _ in entries]
+            scores = [run.results["results"][task] for run, _ in entries]
+            values = [_f1(s, f"generality.{lang}") for s in scores]
+            errors = [_f1_stderr(s, f"generality.{lang}") for s in scores]
+            with_errors = with_errors or not all(math.isnan(e) for e in errors)
             name = f"{lang} (edit language)" if lang == edit_language else lang
-            bars = ax.bar(xs, values, width * 0.92, label=name, color=_colour(j), edgecolor="white")
+            bars = ax.bar(
+                xs,
+                values,
+                width * 0.92,
+                label=name,
+                color=_colour(j),
+                edgecolor="white",
+                yerr=errors,
+                error_kw={"ecolor": "#333333", "capsize": 3, "elinewidth": 1},
+            )
             if label_bars:
                 ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
         ax.set_xticks(range(len(entries)), [textwrap.fill(label, 12) for _, label in entries])
@@ -209,7 +249,7 @@ def gap_chart(task: str, entries: list[tuple[Run, str]]) -> Chart | None:
         ax.set_xlim(-margin, len(entries) - 1 + margin)
         ax.set_ylim(0, 108)
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        ax.set_ylabel("generality F1")
+        ax.set_ylabel("generality F1" + (" (bars: ± stderr)" if with_errors else ""))
         ax.set_title(
             f"Cross-lingual gap on {task}\ngenerality F1: edit in {edit_language}, probe in every language"
         )

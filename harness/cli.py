@@ -195,14 +195,32 @@ def _report(args) -> int:
 
 
 def _compare(args) -> int:
-    from harness.compare import Tolerance, compare, load_results, render
+    from harness.compare import Tolerance, compare, find_samples, load_results, render
 
     tolerances = [Tolerance.parse(text) for text in args.tolerance or []]
+    current, baseline = load_results(args.results), load_results(args.baseline)
+    samples = (find_samples(current, args.results), find_samples(baseline, args.baseline))
     comparison = compare(
-        load_results(args.results), load_results(args.baseline), tolerances, args.allow_config_mismatch or []
+        current,
+        baseline,
+        tolerances,
+        args.allow_config_mismatch or [],
+        stderr_factor=args.tolerance_from_stderr,
+        samples=samples,
     )
     print(render(comparison, show_all=args.all, markdown=args.markdown))
     return comparison.exit_code
+
+
+def _stderr_factor(text: str) -> float:
+    """``--tolerance-from-stderr``: a finite number >= 0, else an error naming the option."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0")
+    return value
 
 
 def _placement_arguments(command: argparse.ArgumentParser, device_map: bool) -> None:
@@ -344,6 +362,14 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("results", help="results.json (or the run directory holding it)")
     compare.add_argument("--baseline", required=True, help="the results.json to compare against")
     compare.add_argument("--tolerance", action="append", metavar="PATTERN=ABS", help=PATTERN_HELP)
+    compare.add_argument(
+        "--tolerance-from-stderr",
+        type=_stderr_factor,
+        default=0.0,
+        metavar="K",
+        help="let each metric move K times the baseline's stored standard error of it (never less than its "
+        "--tolerance); metrics the baseline has no stderr for keep their --tolerance",
+    )
     compare.add_argument(
         "--allow-config-mismatch",
         action="append",

@@ -27,6 +27,14 @@ batch size.
 legitimately differ (editor, hparams, other settings, versions, git commit, run time) is listed as
 notes.
 
+Each metric's difference also gets a 95% confidence interval, to tell a real change from the noise of
+a few records (docs/statistics.md): a paired bootstrap over the records both runs scored when both
+runs' per-record scores (samples.jsonl) are at hand and reproduce their results.json, else an
+unpaired interval from the two stored standard errors. A difference whose interval excludes 0 is
+"beyond noise". With ``stderr_factor`` k, a key's tolerance is k times the baseline's stored
+standard error of it, never below the explicit tolerance (a baseline without one keeps the explicit
+tolerance).
+
 When the comparison fails, ``causes`` says why, most fundamental first, each with what to do: the
 model differs, the data differs, the setup differs (templates, task, samples, scoring, editing
 mode), the library versions differ (``versions`` of results.json; the project's own version is not
@@ -43,7 +51,18 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from harness.results import RESULTS, data_files
+from harness.results import RESULTS, SAMPLES, data_files
+from harness.uncertainty import (
+    CONFIDENCE,
+    PAIRED,
+    Interval,
+    RecordScores,
+    is_stderr,
+    paired_interval,
+    record_scores,
+    stderr_key,
+    unpaired_interval,
+)
 
 DECIMALS = 6
 GLOB_CHARACTERS = "*?["
@@ -107,6 +126,7 @@ class Row:
     baseline: Any
     current: Any
     tolerance: float
+    interval: Interval | None = None  # of current - baseline, where per-record scores or stderrs allow
 
     @property
     def delta(self) -> float | None:
@@ -203,6 +223,7 @@ class Comparison:
     refusals: list[Difference]
     notes: list[Difference]
     causes: list[Cause] = dataclasses.field(default_factory=list)
+    noise: str = ""  # how the rows' intervals were computed ('' when no row has one)
 
     @property
     def exit_code(self) -> int:
@@ -226,8 +247,8 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """Every compared metric of a results dictionary, by full key."""
+def _scores(results: dict[str, Any]) -> dict[str, Any]:
+    """Every score of a results dictionary by full key, standard errors (``_stderr``) included."""
     flat: dict[str, Any] = {}
     for section in ("results", "pre_edit"):
         for task, scores in (results.get(section) or {}).items():
@@ -235,6 +256,17 @@ def metrics(results: dict[str, Any]) -> dict[str, Any]:
     for task, entry in (results.get("then") or {}).items():
         flat.update({f"then.{task}.edited.{key}": value for key, value in entry.get("edited", {}).items()})
     return flat
+
+
+def metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """Every compared metric of a results dictionary, by full key (not their standard errors)."""
+    return {key: value for key, value in _scores(results).items() if not is_stderr(key)}
+
+
+def stderrs(results: dict[str, Any]) -> dict[str, float]:
+    """The stored standard error of each metric that has one, by the metric's full key."""
+    flat = _scores(results)
+    return {key: flat[stderr_key(key)] for key in flat if _is_number(flat.get(stderr_key(key)))}
 
 
 def _get(results: dict[str, Any], path: str) -> Any:
@@ -372,24 +404,125 @@ def explain(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """A samples.jsonl, read only (a run's file is never repaired from here); a ValueError names the
+    file and line that is not one JSON record."""
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not one JSON record ({error.msg})") from None
+    return samples
+
+
+FoundSamples = tuple[list | None, str]  # a run's samples.jsonl records, or None and why not
+NOT_GIVEN: FoundSamples = (None, "per-record scores not given")
+
+
+def find_samples(results: dict[str, Any], path: str | Path | None = None) -> FoundSamples:
+    """The run's per-record scores: samples.jsonl beside its results.json (``path``, a file or its
+    folder), else in its ``output_dir``; ``(None, why)`` when there is none or it cannot be read."""
+    places = []
+    if path is not None:
+        places.append(Path(path) if Path(path).is_dir() else Path(path).parent)
+    if results.get("output_dir"):
+        places.append(Path(results["output_dir"]))
+    for place in places:
+        if (place / SAMPLES).is_file():
+            try:
+                return read_samples(place / SAMPLES), ""
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                return None, str(error)
+    where = " or ".join(str(place) for place in places) or "(no path and no output_dir)"
+    return None, f"no {SAMPLES} in {where}"
+
+
+def per_record(results: dict[str, Any], found: FoundSamples) -> tuple[dict[str, RecordScores], str]:
+    """Each metric's per-record scores by full key, from the ``found`` samples when they are this
+    run's: the same records, reproducing every stored score; else ``({}, why)``."""
+    samples, why = found
+    if samples is None:
+        return {}, why
+    ids = sorted(str(sample.get("record_id")) for sample in samples)
+    if ids != sorted(str(i) for i in results.get("record_ids", [])):
+        return {}, f"its {SAMPLES} holds other records than its results.json"
+    by_key: dict[str, RecordScores] = {}
+    for section, phase in (("results", "post"), ("pre_edit", "pre")):
+        for task, stored in (results.get(section) or {}).items():
+            for key, scores in record_scores(samples, phase).items():
+                full = f"{section}.{task}.{key}"
+                if not _is_number(stored.get(key)) or round(scores.mean, DECIMALS) != round(
+                    stored[key], DECIMALS
+                ):
+                    return {}, f"its {SAMPLES} does not reproduce {full}"
+                by_key[full] = scores
+    return by_key, ""
+
+
+def _interval(
+    row: Row, pairs: tuple[RecordScores | None, RecordScores | None], errors: tuple[Any, Any]
+) -> Interval | None:
+    """Paired bootstrap interval when both runs have the key's per-record scores, else unpaired from
+    both stored standard errors, else None."""
+    new, old = pairs
+    paired = paired_interval(new, old) if new and old else None
+    if paired or row.delta is None or None in errors:
+        return paired
+    return unpaired_interval(row.delta, *errors)
+
+
+def _noise(rows: list[Row], reasons: dict[str, str]) -> str:
+    """How the rows' intervals were computed, for the summary ('' when no row has one)."""
+    methods = {row.interval.method for row in rows if row.interval}
+    if not methods:
+        return ""
+    level = f"{100 * CONFIDENCE:g}% CI"
+    if methods == {PAIRED}:
+        return f"paired bootstrap {level} over records"
+    why = "; ".join(f"{side}: {reason}" for side, reason in reasons.items() if reason)
+    mixed = "paired where both runs have per-record scores, else " if PAIRED in methods else ""
+    return f"{level}, {mixed}unpaired from the stored stderrs" + (f"; {why}" if why else "")
+
+
 def compare(
     current: dict[str, Any],
     baseline: dict[str, Any],
     tolerances: list[Tolerance],
     allow: Collection[str] = (),
+    stderr_factor: float = 0.0,
+    samples: tuple[FoundSamples, FoundSamples] = (NOT_GIVEN, NOT_GIVEN),
 ) -> Comparison:
-    """Every metric of ``current`` against ``baseline``; ``allow`` names refusal fields to note instead."""
+    """Every metric of ``current`` against ``baseline``; ``allow`` names refusal fields to note instead.
+
+    ``stderr_factor`` k lets a key move k times the baseline's stderr of it (at least its explicit
+    tolerance); ``samples`` are the (current, baseline) runs' ``find_samples``, for paired intervals."""
     unknown = sorted(set(allow) - set(REFUSAL_FIELDS))
     if unknown:
         fields = ", ".join(REFUSAL_FIELDS)
         raise ValueError(f"--allow-config-mismatch {', '.join(unknown)}: unknown field; fields are {fields}")
+    if not 0 <= stderr_factor < float("inf"):
+        raise ValueError(f"tolerance from stderr {stderr_factor!r}: must be a finite number >= 0")
     old, new = metrics(baseline), metrics(current)
-    keys = list(old) + [key for key in new if key not in old]
-    rows = [Row(key, old.get(key), new.get(key), tolerance_for(key, tolerances)) for key in keys]
+    old_errors, new_errors = stderrs(baseline), stderrs(current)
+    new_scores, new_why = per_record(current, samples[0])
+    old_scores, old_why = per_record(baseline, samples[1])
+    rows = []
+    for key in list(old) + [key for key in new if key not in old]:
+        tolerance = tolerance_for(key, tolerances)
+        if stderr_factor and key in old_errors:
+            tolerance = max(tolerance, stderr_factor * old_errors[key])
+        row = Row(key, old.get(key), new.get(key), tolerance)
+        pairs = (new_scores.get(key), old_scores.get(key))
+        interval = _interval(row, pairs, (new_errors.get(key), old_errors.get(key)))
+        rows.append(dataclasses.replace(row, interval=interval))
     differences = _refusals(current, baseline, allow)
     refusals = [d for d in differences if not d.allowed]
     notes = [d for d in differences if d.allowed] + _notes(current, baseline)
-    return Comparison(rows, refusals, notes, diagnose(current, baseline, refusals, rows))
+    noise = _noise(rows, {"current": new_why, "baseline": old_why})
+    return Comparison(rows, refusals, notes, diagnose(current, baseline, refusals, rows), noise)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -413,8 +546,19 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
+def _show_interval(interval: Interval | None) -> list[str]:
+    """The interval's cells: ``[low, high]`` with signs, and whether it excludes 0."""
+    if interval is None:
+        return ["", ""]
+    low, high = (f"{'+' if v > 0 else ''}{v:.2f}" for v in (interval.low, interval.high))
+    return [f"[{low}, {high}]", "beyond" if interval.beyond_noise else "within"]
+
+
 def _table(rows: list[Row], markdown: bool) -> list[str]:
     header = ["key", "baseline", "current", "delta", "tolerance", "status"]
+    intervals = any(row.interval for row in rows)
+    if intervals:
+        header += [f"{100 * CONFIDENCE:g}% CI", "noise"]
     cells = [
         [
             row.key,
@@ -423,6 +567,7 @@ def _table(rows: list[Row], markdown: bool) -> list[str]:
             "" if row.delta is None else f"{'+' if row.delta > 0 else ''}{_show(row.delta)}",
             _show(row.tolerance),
             row.status,
+            *(_show_interval(row.interval) if intervals else []),
         ]
         for row in rows
     ]
@@ -436,18 +581,23 @@ def _table(rows: list[Row], markdown: bool) -> list[str]:
 
 
 def summary(comparison: Comparison) -> str:
-    """``N metrics compared, M beyond tolerance`` (and how many are missing or new, if any)."""
+    """``N metrics compared, M beyond tolerance`` (and how many are missing or new, if any), then how
+    many differences are beyond noise and how that was judged, when any row has an interval."""
     statuses = [row.status for row in comparison.rows]
     counts = {status: statuses.count(status) for status in (MOVED, MISSING, NEW)}
     extra = "".join(f", {counts[s]} {s.lower()}" for s in (MISSING, NEW) if counts[s])
-    return f"{len(comparison.rows)} metrics compared, {counts[MOVED]} beyond tolerance{extra}"
+    line = f"{len(comparison.rows)} metrics compared, {counts[MOVED]} beyond tolerance{extra}"
+    if comparison.noise:
+        beyond = sum(1 for row in comparison.rows if row.interval and row.interval.beyond_noise)
+        line += f"; {beyond} beyond noise ({comparison.noise})"
+    return line
 
 
 def render(
     comparison: Comparison, show_all: bool = False, markdown: bool = False, causes: bool = True
 ) -> str:
-    """Refusals when the runs are not comparable; else notes, the rows that are not OK (every row
-    with ``show_all``) and a one-line summary. A failed comparison ends with its causes (unless
+    """Refusals when the runs are not comparable; else notes, the rows that are not OK or beyond noise
+    (every row with ``show_all``) and a one-line summary. A failed comparison ends with its causes (unless
     ``causes`` is false)."""
     why = explain(comparison) if causes else ""
     if comparison.refusals:
@@ -458,7 +608,11 @@ def render(
         return "\n\n".join(block for block in blocks if block)
     bullet = "- " if markdown else ""
     notes = "\n".join(f"{bullet}note: {note}" for note in comparison.notes)
-    shown = [row for row in comparison.rows if show_all or row.status != OK]
+    shown = [
+        row
+        for row in comparison.rows
+        if show_all or row.status != OK or (row.interval and row.interval.beyond_noise)
+    ]
     table = "\n".join(_table(shown, markdown)) if shown else ""
     blocks = (notes, table, summary(comparison), why)
     return "\n\n".join(block for block in blocks if block)

@@ -185,7 +185,8 @@ def page(runs: list[Run]) -> str:
 <header class="top">
 <h1>Knowledge editing report</h1>
 <p>{len(runs)} run{"s" if len(runs) != 1 else ""} on {_e(tasks)}; generated {stamp}.
-Scores are F1 (exact match) in percent; answers show line breaks as &#8629;.</p>
+Scores are F1 (exact match) in percent, F1 &plusmn; its standard error over records where the
+results have one (see each table's note); answers show line breaks as &#8629;.</p>
 </header>
 <nav><a href="#runs">Runs</a><a href="#scores">Scores</a><a href="#charts">Charts</a>
 <a href="#samples">Samples</a></nav>

@@ -4,7 +4,8 @@
 that learn first, stores one JSON file per run in ``output`` (the run's results.json plus the
 command, record ids and seed that reproduce it) and writes ``output/README.md``.
 ``--check`` runs everything again in a scratch folder and compares it with the stored files within
-the spec's tolerances: the regression guard CI runs.
+the spec's tolerances (``tolerance_from_stderr`` k: a metric may move k times the stored file's
+standard error of it, never less than its explicit tolerance): the regression guard CI runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import plugins, report
-from harness.compare import HEADLINES, KINDS, Comparison, Tolerance, compare, render
+from harness.compare import HEADLINES, KINDS, Comparison, Tolerance, compare, find_samples, render
 from harness.config import ConfigError
 from harness.results import data_files, write_json
 
@@ -43,6 +44,7 @@ class LeaderboardSpec:
     seed: int = 0
     settings: tuple[tuple[str, str], ...] = ()  # --set key=value for every run
     tolerances: tuple[str, ...] = ()  # PATTERN=ABS for --check (compare's rule)
+    tolerance_from_stderr: float = 0.0  # --check: k x the stored stderr, at least the tolerances
     notes: str = ""  # Markdown shown under the title
     charts: bool = True  # an overlay radar and a cross-lingual gap chart per task in output/charts
 
@@ -65,6 +67,11 @@ class LeaderboardSpec:
             raise ConfigError(f"leaderboard spec {path}: limit must be an integer >= 1, not {raw['limit']!r}")
         for tolerance in raw.get("tolerances", []):
             Tolerance.parse(tolerance)
+        factor = raw.get("tolerance_from_stderr", 0.0)
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 <= factor < float("inf"):
+            raise ConfigError(
+                f"leaderboard spec {path}: tolerance_from_stderr must be a finite number >= 0, not {factor!r}"
+            )
 
         def under_spec(relative: str) -> Path:
             return Path(os.path.normpath(path.parent / relative))
@@ -81,6 +88,7 @@ class LeaderboardSpec:
             seed=raw.get("seed", 0),
             settings=tuple(sorted((str(k), str(v)) for k, v in raw.get("settings", {}).items())),
             tolerances=tuple(raw.get("tolerances", [])),
+            tolerance_from_stderr=float(factor),
             notes=raw.get("notes", ""),
             charts=bool(raw.get("charts", True)),
         )
@@ -162,7 +170,8 @@ def build(spec: LeaderboardSpec, data_dir: str | None, progress: bool = True) ->
 
 
 def check(spec: LeaderboardSpec, data_dir: str | None, scratch: Path, progress: bool = True):
-    """Run every entry again under ``scratch`` and compare it with its stored file (spec tolerances).
+    """Run every entry again under ``scratch`` and compare it with its stored file (spec tolerances;
+    paired intervals where the stored entry's run folder is at hand, else from its stderrs).
 
     Returns ``{(task, editor): Comparison}``; a missing stored file is an error naming it.
     """
@@ -175,7 +184,13 @@ def check(spec: LeaderboardSpec, data_dir: str | None, scratch: Path, progress: 
                 raise FileNotFoundError(f"{stored_path}: not stored; run `harness leaderboard {spec.path}`")
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
             fresh = run_entry(spec, task, editor, data_dir, scratch, progress)
-            comparisons[task, editor] = compare(fresh, stored, tolerances)
+            comparisons[task, editor] = compare(
+                fresh,
+                stored,
+                tolerances,
+                stderr_factor=spec.tolerance_from_stderr,
+                samples=(find_samples(fresh), find_samples(stored)),
+            )
     return comparisons
 
 
@@ -242,6 +257,16 @@ def _data_line(entry: dict[str, Any]) -> str:
     return ", ".join(f"`{Path(p).name}` (sha256 `{h[:12]}`)" for p, h in sorted(data_files(entry).items()))
 
 
+def _error_bars(how: dict[str, Any], limit: int) -> str:
+    """How the ± was computed (a results.json's ``stderr`` entry) and how to read it."""
+    return (
+        f"± is the standard error of F1 over the {limit} records: the spread of the score over "
+        f"{how['resamples']} resamples of the records with replacement (seed {how['seed']}; "
+        f"docs/statistics.md). One record moves a score by up to {100 / limit:.0f} points; editors whose "
+        "scores differ by less than about two standard errors are not told apart by these records."
+    )
+
+
 def write_readme(spec: LeaderboardSpec) -> Path:
     """``output/README.md`` from the stored files alone (so it is the same wherever it is made)."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
@@ -262,9 +287,12 @@ def write_readme(spec: LeaderboardSpec) -> Path:
     ]
     if spec.notes:
         lines += [spec.notes.strip(), ""]
+    errors = next(
+        (e["stderr"] for entries in found.values() for e in entries.values() if e.get("stderr")), None
+    )
     lines += [
-        f"F1 (EM) in percent after each edit (one edit at a time, restored after probing), on the first "
-        f"{spec.limit} records, seed {spec.seed}. Columns: "
+        f"F1{' ± standard error' if errors else ''} (EM) in percent after each edit (one edit at a time, "
+        f"restored after probing), on the first {spec.limit} records, seed {spec.seed}. Columns: "
         + ", ".join(f"{report.SHORT[p]} = {p}" for p in report.PROPERTY_ORDER)
         + "; `(unedited)` is the model before any edit (locality compares with it, so it has no score "
         "there).",
@@ -276,6 +304,8 @@ def write_readme(spec: LeaderboardSpec) -> Path:
     missing = [f"{e} on {t}" for t in spec.tasks for e in spec.editors if e not in found.get(t, {})]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    if errors:
+        lines += [_error_bars(errors, spec.limit), ""]
     model = any_entry["model"]
     lines += [
         "## Reproduce",

@@ -1,5 +1,6 @@
-"""Paper-style tables from results.json files: a row per run and task, F1 (EM) per property/language,
-the unedited model beneath; printed for the terminal, Markdown, CSV or LaTeX (booktabs)."""
+"""Paper-style tables from results.json files: a row per run and task, F1 ± its standard error (EM) per
+property/language, the unedited model beneath; printed for the terminal, Markdown, CSV or LaTeX
+(booktabs). The CSV holds every standard error in its own ``<key>_stderr`` column."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import ABILITY
+from harness.uncertainty import STDERR_SUFFIX, is_stderr, metric_keys, stderr_key
 
 PROPERTY_ORDER = ("reliability", "generality", "locality", "portability")
 SHORT = {"reliability": "rel", "generality": "gen", "locality": "loc", "portability": "port"}
@@ -107,16 +109,25 @@ def columns(scores: dict[str, float]) -> list[str]:
 
 
 def score_keys(keys: set[str]) -> list[str]:
-    """``property.lang.metric`` keys by column (paper order), F1 then EM then the rest; plain metric
-    names (ability tasks) after them, alphabetically."""
+    """``property.lang.metric`` keys by column (paper order), F1 then EM then the rest, each followed
+    by its ``_stderr`` key; plain metric names (ability tasks) after them, alphabetically."""
     dotted = {key for key in keys if key.count(".") == 2}
     rank = {column: i for i, column in enumerate(columns(dict.fromkeys(dotted, 0.0)))}
 
-    def order(key: str) -> tuple[int, int, str]:
+    def order(key: str) -> tuple[int, int, str, bool]:
         column, metric = key.rsplit(".", 1)
-        return rank[column], METRIC_ORDER.index(metric) if metric in METRIC_ORDER else 9, metric
+        metric = metric.removesuffix(STDERR_SUFFIX)
+        return (
+            rank[column],
+            METRIC_ORDER.index(metric) if metric in METRIC_ORDER else 9,
+            metric,
+            is_stderr(key),
+        )
 
-    return sorted(dotted, key=order) + sorted(keys - dotted)
+    def plain(key: str) -> tuple[str, bool]:
+        return key.removesuffix(STDERR_SUFFIX), is_stderr(key)
+
+    return sorted(dotted, key=order) + sorted(keys - dotted, key=plain)
 
 
 @dataclass
@@ -161,10 +172,29 @@ def _in_force(run: Run) -> int:
 
 
 def _cell(scores: dict[str, float], column: str) -> str:
+    """``F1 ± stderr (EM)``, leaving out what the scores lack; ``-`` without an F1."""
     f1, em = scores.get(f"{column}.f1"), scores.get(f"{column}.em")
     if f1 is None:
         return "-"
-    return f"{f1:.2f} ({em:.2f})" if em is not None else f"{f1:.2f}"
+    cell = _with_stderr(scores, f"{column}.f1")
+    return f"{cell} ({em:.2f})" if em is not None else cell
+
+
+def _with_stderr(scores: dict[str, float], key: str) -> str:
+    """A score with two decimals and, when it has one, ``± stderr``."""
+    error = scores.get(stderr_key(key))
+    return f"{scores[key]:.2f}" + (f" ± {error:.2f}" if error is not None else "")
+
+
+def _scale(runs: list[Run]) -> str:
+    """What the cells hold, and how the standard errors were computed when the runs have them."""
+    how = next((run.results["stderr"] for run in runs if run.results.get("stderr")), None)
+    if how is None:
+        return "F1 (EM) in percent"
+    return (
+        f"F1 ± standard error (EM) in percent (standard error: {how['method']}, {how['resamples']} "
+        f"resamples, seed {how['seed']})"
+    )
 
 
 def _short(column: str) -> str:
@@ -205,7 +235,7 @@ def _footer(runs: list[Run], labels: list[str]) -> str:
         for run, label in zip(runs, labels)
         for task, n in run.results.get("n-samples", {}).items()
     ]
-    footer = f"F1 (EM) in percent; model{'s' if len(models) > 1 else ''} {', '.join(models)}; records: "
+    footer = f"{_scale(runs)}; model{'s' if len(models) > 1 else ''} {', '.join(models)}; records: "
     footer += ", ".join(counts)
     for run, label in zip(runs, labels):
         editing = run.results.get("editing", {})
@@ -220,10 +250,10 @@ def _footer(runs: list[Run], labels: list[str]) -> str:
 def ability_table(runs: list[Run]) -> Table:
     """Ability tasks run on their own: every metric in percent."""
     body = [
-        [task, run.editor, key, f"{value:.2f}"]
+        [task, run.editor, key, _with_stderr(scores, key)]
         for run in runs
         for task, scores in run.results["results"].items()
-        for key, value in scores.items()
+        for key in metric_keys(scores)
     ]
     models = ", ".join(dict.fromkeys(run.model for run in runs))
     n = ", ".join(f"{t}={c}" for run in runs for t, c in run.results.get("n-samples", {}).items())
@@ -242,7 +272,7 @@ def then_table(then: dict[str, Any], title: str = "") -> Table:
             f"{entry['change'][key]:+.2f}",
         ]
         for task, entry in then.items()
-        for key in sorted(entry["edited"], key=lambda k: k != entry["metric"])
+        for key in sorted(metric_keys(entry["edited"]), key=lambda k: k != entry["metric"])
     ]
     header = ["ability task", "metric", "unedited", "after edits", "change"]
     footer = "examples: " + ", ".join(f"{task}={entry['n']}" for task, entry in then.items())
@@ -300,6 +330,7 @@ LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
 }
 
 

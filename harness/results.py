@@ -8,10 +8,11 @@ import os
 import socket
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from harness.uncertainty import bootstrap_stderr, record_scores, stderr_key
 
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
@@ -187,16 +188,18 @@ class SampleLog:
 
 
 def aggregate(samples: list[dict[str, Any]], phase: str = "post") -> dict[str, float]:
-    """Mean of every ``{property}.{lang}.{metric}`` over samples, in percent (unrounded).
+    """Mean of every ``{property}.{lang}.{metric}`` over samples, in percent (unrounded), each followed
+    by ``<key>_stderr``, its bootstrap standard error over records (absent below 2 records).
 
     ``phase`` is "post" (after the edit) or "pre" (the unedited model; locality has no pre score).
     """
-    values: dict[str, list[float]] = defaultdict(list)
-    for sample in samples:
-        for probe in sample["probes"]:
-            for metric, score in probe.get(f"{phase}_scores", {}).items():
-                values[f"{probe['property']}.{probe['language']}.{metric}"].append(score)
-    return {key: 100.0 * sum(v) / len(v) for key, v in values.items()}
+    scores: dict[str, float] = {}
+    for key, per_record in record_scores(samples, phase).items():
+        scores[key] = per_record.mean
+        error = bootstrap_stderr(per_record.per_record, per_record.counts)
+        if error is not None:
+            scores[stderr_key(key)] = error
+    return scores
 
 
 def data_files(results: dict[str, Any]) -> dict[str, str]:

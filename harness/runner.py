@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import abilities, plugins, protocols, provenance, shards, subjects, training
+from harness import abilities, plugins, protocols, provenance, shards, subjects, training, uncertainty
 from harness import config as config_module
 from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
@@ -386,6 +386,7 @@ def run(
     results = {
         "results": {task: aggregate(samples, "post")},
         "pre_edit": {task: aggregate(samples, "pre")},
+        "stderr": uncertainty.settings(),
         "n-samples": {task: len(samples)},
         "record_ids": [s["record_id"] for s in samples],
         "editor": editor,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import uncertainty
 from harness.results import (
     MANIFEST,
     RESULTS,
@@ -213,6 +214,7 @@ def _merged_results(
     merged = {k: v for k, v in first.items() if k != SHARD_KEY}
     merged["results"] = {task: aggregate(samples, "post")}
     merged["pre_edit"] = {task: aggregate(samples, "pre")}
+    merged["stderr"] = uncertainty.settings()
     merged["n-samples"] = {task: len(samples)}
     merged["record_ids"] = [s["record_id"] for s in samples]
     merged["editing"] = {**first["editing"], "edits_applied": len(samples)}

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
-from harness.compare import MISSING, MOVED, NEW, OK, Tolerance, compare, render
+from harness.compare import MISSING, MOVED, NEW, OK, Tolerance, compare, find_samples, render
+from harness.results import aggregate
 from harness.runner import run
+from harness.uncertainty import PAIRED, UNPAIRED, metric_keys
 
 TASK = "bizsre_en_zh"
 
@@ -48,11 +52,14 @@ def tolerances(*texts: str) -> list[Tolerance]:
 
 def test_identical_runs_compare_exactly(current, baseline):
     comparison = compare(current, baseline, [])
-    post, pre = len(baseline["results"][TASK]), len(baseline["pre_edit"][TASK])
-    assert len(comparison.rows) == post + pre
+    post, pre = len(metric_keys(baseline["results"][TASK])), len(metric_keys(baseline["pre_edit"][TASK]))
+    assert len(comparison.rows) == post + pre  # the _stderr keys are not metrics
     assert all(row.status == OK and row.delta == 0 for row in comparison.rows)
     assert comparison.refusals == [] and comparison.exit_code == 0
-    assert render(comparison) == f"{post + pre} metrics compared, 0 beyond tolerance"
+    assert render(comparison) == (
+        f"{post + pre} metrics compared, 0 beyond tolerance; 0 beyond noise (95% CI, unpaired from the "
+        "stored stderrs; current: per-record scores not given; baseline: per-record scores not given)"
+    )
 
 
 def test_json_float_noise_is_not_a_change(current, baseline):
@@ -68,7 +75,9 @@ def test_moved_metric_beyond_and_within_tolerance(current, baseline):
     assert strict.exit_code == 1
     text = render(strict, causes=False)
     assert key in text and "+0.5" in text and MOVED in text
-    assert text.splitlines()[-1].endswith("1 beyond tolerance")
+    assert text.splitlines()[-1].startswith(
+        f"{len(strict.rows)} metrics compared, 1 beyond tolerance; 0 beyond noise ("
+    )
     assert render(strict).startswith(text) and "why: only the numbers moved: 1 of" in render(strict)
     assert compare(current, baseline, tolerances("f1=0.5")).exit_code == 0
     assert compare(current, baseline, tolerances("f1=0.4")).exit_code == 1
@@ -117,7 +126,10 @@ def test_missing_and_new_keys(current, baseline):
     assert rows[f"results.{TASK}.locality.zh.em"].status == MISSING
     assert rows[f"results.{TASK}.fluency.zh.f1"].status == NEW
     assert comparison.exit_code == 1
-    assert render(comparison, causes=False).splitlines()[-1].endswith("0 beyond tolerance, 1 missing, 1 new")
+    last = render(comparison, causes=False).splitlines()[-1]
+    assert last.startswith(
+        f"{len(rows)} metrics compared, 0 beyond tolerance, 1 missing, 1 new; 0 beyond noise ("
+    )
 
 
 def test_ability_metrics_after_edits_are_compared(current, baseline):
@@ -241,8 +253,9 @@ def test_cli_exit_codes_and_output(tmp_path, capsys, current, baseline):
     same = write(tmp_path / "same.json", current)
     assert main(["compare", same, "--baseline", base]) == 0
     out = capsys.readouterr().out
-    assert out.strip().splitlines() == [
-        f"{len(by_key(compare(current, baseline, [])))} metrics compared, 0 beyond tolerance"
+    assert out.strip().splitlines() == [  # samples.jsonl of the run, found through output_dir
+        f"{len(by_key(compare(current, baseline, [])))} metrics compared, 0 beyond tolerance; "
+        "0 beyond noise (paired bootstrap 95% CI over records)"
     ]
 
     current["results"][TASK]["locality.zh.em"] -= 2
@@ -251,6 +264,8 @@ def test_cli_exit_codes_and_output(tmp_path, capsys, current, baseline):
     out = capsys.readouterr().out
     assert f"results.{TASK}.locality.zh.em" in out and "MOVED" in out and "-2" in out
     assert "reliability.en.f1" not in out  # only rows that are not OK
+    # the edited results.json no longer matches its samples.jsonl: intervals from the stored stderrs
+    assert f"current: its samples.jsonl does not reproduce results.{TASK}.locality.zh.em" in out
     assert main(["compare", moved, "--baseline", base, "--tolerance", "f1=1", "--tolerance", "zh.em=2"]) == 0
     assert main(["compare", moved, "--baseline", base, "--all", "--markdown"]) == 1
     out = capsys.readouterr().out
@@ -284,3 +299,136 @@ def test_cli_clear_errors(tmp_path, capsys, baseline):
     with pytest.raises(SystemExit):
         main(["compare", base, "--baseline", base, "--allow-config-mismatch", "model"])
     assert "invalid choice: 'model'" in capsys.readouterr().err
+
+
+def _run(scores: list[float], shift: float, noise: random.Random) -> tuple[dict, list[dict]]:
+    """A hand-made run of 50 records (one reliability probe each, F1 ``score + shift`` plus the
+    record's own noise): its results.json and its samples.jsonl lines."""
+    samples = [
+        {
+            "record_id": str(i),
+            "probes": [
+                {
+                    "property": "reliability",
+                    "language": "en",
+                    "post_scores": {"f1": score + shift + noise.uniform(-0.2, 0.2)},
+                    "pre_scores": {"f1": score},
+                }
+            ],
+        }
+        for i, score in enumerate(scores)
+    ]
+    results = {
+        "results": {TASK: aggregate(samples, "post")},
+        "pre_edit": {TASK: aggregate(samples, "pre")},
+        "record_ids": [s["record_id"] for s in samples],
+        "n-samples": {TASK: len(samples)},
+    }
+    return results, samples
+
+
+@pytest.fixture
+def planted():
+    """A baseline and two current runs on the same 50 records, 1 and 20 points up, each record with
+    its own noise in every run."""
+    rng = random.Random(3)
+    scores = [rng.uniform(0.25, 0.55) for _ in range(50)]
+    return tuple(_run(scores, shift, random.Random(seed)) for shift, seed in ((0, 11), (0.01, 12), (0.2, 13)))
+
+
+def _paired(current: tuple, baseline: tuple, *rules: str):
+    return compare(current[0], baseline[0], tolerances(*rules), samples=((current[1], ""), (baseline[1], "")))
+
+
+def test_paired_ci_flags_a_planted_20_point_shift_and_not_a_1_point_one(planted):
+    baseline, small, big = planted
+    key = f"results.{TASK}.reliability.en.f1"
+    flagged = by_key(_paired(big, baseline))[key]
+    assert flagged.interval.method == PAIRED and flagged.interval.beyond_noise
+    assert 15 < flagged.delta < 25 and flagged.interval.low > 10
+    quiet = by_key(_paired(small, baseline))[key]
+    assert abs(quiet.delta) < 3 and quiet.interval.low < 0 < quiet.interval.high
+    assert not quiet.interval.beyond_noise
+    assert by_key(_paired(small, baseline))[f"pre_edit.{TASK}.reliability.en.f1"].interval.low == 0.0
+    text = render(_paired(big, baseline, "f1=25"), causes=False)  # within tolerance, shown: beyond noise
+    header, row, _, last = text.splitlines()
+    assert header.split() == [
+        "key",
+        "baseline",
+        "current",
+        "delta",
+        "tolerance",
+        "status",
+        "95%",
+        "CI",
+        "noise",
+    ]
+    low, high = flagged.interval.low, flagged.interval.high
+    assert row.startswith(key) and row.endswith(f"OK      [+{low:.2f}, +{high:.2f}]  beyond")
+    assert (
+        last
+        == "2 metrics compared, 0 beyond tolerance; 1 beyond noise (paired bootstrap 95% CI over records)"
+    )
+    assert render(_paired(small, baseline, "f1=25"), causes=False) == last.replace("1 beyond", "0 beyond")
+
+
+def test_without_per_record_scores_the_ci_comes_from_both_stderrs(planted):
+    baseline, _, big = planted
+    key = f"results.{TASK}.reliability.en.f1"
+    comparison = compare(big[0], baseline[0], [], samples=((big[1], ""), (None, "no samples.jsonl in /x")))
+    row = by_key(comparison)[key]
+    stderr = "reliability.en.f1_stderr"
+    error = math.hypot(big[0]["results"][TASK][stderr], baseline[0]["results"][TASK][stderr])
+    assert row.interval.method == UNPAIRED and row.interval.beyond_noise
+    assert row.interval.low == pytest.approx(row.delta - 1.959964 * error, abs=1e-4)
+    assert (
+        render(comparison, causes=False)
+        .splitlines()[-1]
+        .endswith(
+            "1 beyond noise (95% CI, unpaired from the stored stderrs; baseline: no samples.jsonl in /x)"
+        )
+    )
+    del baseline[0]["results"][TASK]["reliability.en.f1_stderr"]  # a baseline from before stderrs
+    old = compare(big[0], baseline[0], [])
+    assert by_key(old)[key].interval is None and by_key(old)[f"pre_edit.{TASK}.reliability.en.f1"].interval
+
+
+def test_tolerance_from_stderr_allows_k_baseline_stderrs_never_less_than_the_explicit_one(current, baseline):
+    key = "reliability.en.f1"
+    error = baseline["results"][TASK][f"{key}_stderr"]
+    assert error > 1
+    full = f"results.{TASK}.{key}"
+    current["results"][TASK][key] += 1.9 * error
+    assert by_key(compare(current, baseline, [], stderr_factor=2))[full].status == OK
+    assert by_key(compare(current, baseline, [], stderr_factor=2))[full].tolerance == 2 * error
+    assert by_key(compare(current, baseline, [], stderr_factor=1.5))[full].status == MOVED
+    assert by_key(compare(current, baseline, tolerances("f1=100"), stderr_factor=1.5))[full].status == OK
+    del baseline["results"][TASK][f"{key}_stderr"]  # no stderr stored: the explicit tolerance alone
+    assert by_key(compare(current, baseline, tolerances("f1=1"), stderr_factor=2))[full].tolerance == 1
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        compare(current, baseline, [], stderr_factor=-1)
+
+
+def test_samples_are_found_beside_the_results_or_in_the_output_dir(tmp_path, real_results):
+    found, why = find_samples(real_results)
+    assert why == "" and [s["record_id"] for s in found] == real_results["record_ids"]
+    moved = {**real_results, "output_dir": str(tmp_path / "gone")}
+    path = write(tmp_path / "results.json", moved)
+    assert find_samples(moved, path) == (None, f"no samples.jsonl in {tmp_path} or {tmp_path / 'gone'}")
+    (tmp_path / "samples.jsonl").write_text('{"record_id": "0"}\nnot json\n', encoding="utf-8")
+    assert find_samples(moved, path) == (
+        None,
+        f"{tmp_path / 'samples.jsonl'}, line 2: not one JSON record (Expecting value)",
+    )
+
+
+def test_cli_tolerance_from_stderr(tmp_path, capsys, current, baseline):
+    base = write(tmp_path / "baseline.json", baseline)
+    current["results"][TASK]["reliability.en.f1"] += baseline["results"][TASK]["reliability.en.f1_stderr"]
+    moved = write(tmp_path / "moved.json", current)
+    assert main(["compare", moved, "--baseline", base]) == 1
+    assert main(["compare", moved, "--baseline", base, "--tolerance-from-stderr", "1.5"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["compare", moved, "--baseline", base, "--tolerance-from-stderr", "-2"])
+    assert "--tolerance-from-stderr: '-2': must be a finite number >= 0" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from matplotlib.container import BarContainer
 from matplotlib.patches import Polygon
 
 from harness.charts import charts, write_charts
@@ -162,6 +163,11 @@ def test_radars_draw_a_polygon_per_run_on_every_column_and_the_unedited_model_da
         pre = rome["pre_edit"][TASK].get(f"{column}.f1")
         assert math.isnan(value) if pre is None else value == pytest.approx(pre)
     assert ax.get_ylim() == (0, 100)
+    (band,) = [c for c in ax.collections if c.get_label() == "± stderr"]  # around the polygon
+    ring = {round(float(r), 6) for r in band.get_paths()[0].vertices[:, 1]}
+    for column in cols:
+        f1, error = (rome["results"][TASK][f"{column}.{key}"] for key in ("f1", "f1_stderr"))
+        assert {round(min(100.0, f1 + error), 6), round(max(0.0, f1 - error), 6)} <= ring
 
     overlay = drawn[f"radar_{TASK}"]
     polygons = [p for p in overlay.axes[0].patches if isinstance(p, Polygon)]
@@ -173,7 +179,7 @@ def test_radars_draw_a_polygon_per_run_on_every_column_and_the_unedited_model_da
 def test_gap_and_decay_charts_plot_the_runs_scores(runs):
     drawn = {chart.name: chart.figure for chart in charts(runs)}
     ax = drawn[f"gap_{TASK}"].axes[0]
-    edit_language, other = ax.containers[0], ax.containers[1]
+    edit_language, other = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [bar.get_height() for bar in edit_language] == pytest.approx(
         [r.results["results"][TASK]["generality.en.f1"] for r in runs]
     )
@@ -182,6 +188,11 @@ def test_gap_and_decay_charts_plot_the_runs_scores(runs):
     )
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["en (edit language)", "zh"]
     assert TASK in ax.get_title()
+    (whiskers,) = other.errorbar.lines[2]  # an error bar per run: F1 - stderr to F1 + stderr
+    assert [(high - low) / 2 for (_, low), (_, high) in whiskers.get_segments()] == pytest.approx(
+        [r.results["results"][TASK]["generality.zh.f1_stderr"] for r in runs]
+    )
+    assert ax.get_ylabel() == "generality F1 (bars: ± stderr)"
 
     decay = runs[1].results["decay"]
     ax = drawn[f"decay_ft-m-sequential_{TASK}"].axes[0]
@@ -223,6 +234,9 @@ def test_the_page_renders_every_probe_offline_in_a_browser(runs, tmp_path):
     assert f"F1 {math.floor(100 * probe['post_scores']['f1'] + 0.5)}" in row  # as JavaScript rounds
     assert dom.count("<svg") == sum(1 for _ in charts(runs))  # every chart inline
     assert "<th>zh</th>" in dom and "(unedited)" in dom
+    rome_f1 = runs[2].results["results"][TASK]
+    cell = f"{rome_f1['reliability.en.f1']:.2f} ± {rome_f1['reliability.en.f1_stderr']:.2f} ("
+    assert f">{cell}" in dom and "F1 ± standard error (EM) in percent" in dom
 
     rome = read_samples(runs[2])
     dom = _dom(page, tmp_path, "#run=2&property=locality&language=zh")

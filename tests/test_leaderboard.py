@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.compare import render
 from harness.config import ConfigError
 from harness.leaderboard import LeaderboardSpec, build, check, write_readme
+from harness.uncertainty import metric_keys, stderr_key
 
 
 def _spec(tmp_path: Path, **extra: object) -> Path:
@@ -40,6 +42,10 @@ def test_spec_errors_name_the_key(tmp_path):
         LeaderboardSpec.load(_spec(tmp_path, limit=0))
     with pytest.raises(ValueError, match="f1=x"):
         LeaderboardSpec.load(_spec(tmp_path, tolerances='["f1=x"]'))
+    for bad in ("-1.0", '"2"', "true", "inf"):
+        with pytest.raises(ConfigError, match="tolerance_from_stderr must be a finite number >= 0"):
+            LeaderboardSpec.load(_spec(tmp_path, tolerance_from_stderr=bad))
+    assert LeaderboardSpec.load(_spec(tmp_path, tolerance_from_stderr="2")).tolerance_from_stderr == 2.0
 
 
 def test_paths_are_relative_to_the_spec_and_commands_reproduce_an_entry(tmp_path):
@@ -73,10 +79,16 @@ def test_readme_shows_every_editor_with_its_stored_numbers(built):
     text = write_readme(built).read_text(encoding="utf-8")
     for editor in built.editors:
         scores = json.loads(built.entry_path("bizsre_en_zh", editor).read_text())["results"]["bizsre_en_zh"]
-        cell = f"{scores['reliability.en.f1']:.2f} ({scores['reliability.en.em']:.2f})"
+        f1, error, em = (scores[f"reliability.en.{key}"] for key in ("f1", "f1_stderr", "em"))
         row = next(line for line in text.splitlines() if line.startswith(f"| bizsre_en_zh | {editor} |"))
-        assert row.split(" | ")[2] == cell
+        assert row.split(" | ")[2] == f"{f1:.2f} ± {error:.2f} ({em:.2f})"
     assert "harness leaderboard" in text and "(unedited)" in text
+    assert "F1 ± standard error (EM) in percent after each edit" in text
+    assert (
+        "± is the standard error of F1 over the 2 records: the spread of the score over 1000 resamples of "
+        "the records with replacement (seed 0; docs/statistics.md). One record moves a score by up to 50 "
+        "points;" in text
+    )
 
 
 def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):
@@ -90,3 +102,24 @@ def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):
     lenient = dataclasses.replace(built, tolerances=("generality.zh=0.5",))
     assert check(lenient, None, tmp_path / "again", progress=False)["bizsre_en_zh", "ft-m"].exit_code == 0
     assert main(["leaderboard", str(built.path), "--check", "--scratch", str(tmp_path / "again")]) == 1
+
+
+def test_check_with_tolerance_from_stderr_accepts_k_stderrs_and_rejects_more(built, tmp_path):
+    stored_path = built.entry_path("bizsre_en_zh", "kn")
+    original = json.loads(stored_path.read_text(encoding="utf-8"))
+    scores = original["results"]["bizsre_en_zh"]
+    key = next(k for k in metric_keys(scores) if scores[stderr_key(k)] > 0.5)  # a key with some noise
+    by_stderr = dataclasses.replace(built, tolerance_from_stderr=2.0)
+    for moved, exit_code in ((1.9, 0), (2.1, 1)):
+        stored = json.loads(json.dumps(original))
+        stored["results"]["bizsre_en_zh"][key] += moved * scores[stderr_key(key)]
+        stored_path.write_text(json.dumps(stored), encoding="utf-8")
+        checked = check(by_stderr, None, tmp_path / "again", progress=False)["bizsre_en_zh", "kn"]
+        assert checked.exit_code == exit_code, render(checked)
+    del stored["results"]["bizsre_en_zh"][stderr_key(key)]  # a baseline from before stderrs
+    stored["results"]["bizsre_en_zh"][key] = scores[key] + 0.5
+    stored_path.write_text(json.dumps(stored), encoding="utf-8")
+    floor = dataclasses.replace(by_stderr, tolerances=(f"{key}=0.5",))
+    assert check(floor, None, tmp_path / "again", progress=False)["bizsre_en_zh", "kn"].exit_code == 0
+    assert check(by_stderr, None, tmp_path / "again", progress=False)["bizsre_en_zh", "kn"].exit_code == 1
+    stored_path.write_text(json.dumps(original), encoding="utf-8")

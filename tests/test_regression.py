@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.compare import MOVED, OK, Tolerance, compare
 from harness.leaderboard import LeaderboardSpec, check, check_report
 from harness.runner import run
 
@@ -36,6 +37,28 @@ def test_tiny_model_numbers_are_reproduced_exactly(data_dir, tmp_path):
 @pytest.mark.slow
 def test_demo_model_numbers_stay_within_tolerance(data_dir, gemma, tmp_path):
     _assert_unmoved("demo.toml", data_dir, tmp_path)
+
+
+def test_demo_tolerances_come_from_the_stored_stderr_else_the_explicit_ones():
+    spec = LeaderboardSpec.load(BASELINES / "demo.toml")
+    assert spec.tolerance_from_stderr == 2.0 and spec.tolerances == ("f1=2.0", "em=34")
+    tolerances = [Tolerance.parse(text) for text in spec.tolerances]
+    stored = json.loads(spec.entry_path("bizsre_en_zh", "rome").read_text(encoding="utf-8"))
+    key, scores = "generality.zh.f1", stored["results"]["bizsre_en_zh"]
+    assert f"{key}_stderr" not in scores  # stored before stderrs existed: f1=2.0 holds
+
+    def status(moved: float, baseline: dict) -> str:
+        fresh = json.loads(json.dumps(stored))
+        fresh["results"]["bizsre_en_zh"][key] += moved
+        rows = compare(fresh, baseline, tolerances, stderr_factor=spec.tolerance_from_stderr).rows
+        return next(row.status for row in rows if row.key == f"results.bizsre_en_zh.{key}")
+
+    assert (status(1.9, stored), status(2.1, stored)) == (OK, MOVED)
+    with_stderr = json.loads(json.dumps(stored))
+    with_stderr["results"]["bizsre_en_zh"][f"{key}_stderr"] = 5.0  # regenerated: 2 x 5 points allowed
+    assert (status(9.9, with_stderr), status(10.1, with_stderr)) == (OK, MOVED)
+    with_stderr["results"]["bizsre_en_zh"][f"{key}_stderr"] = 0.5  # never below the explicit 2.0
+    assert status(1.9, with_stderr) == OK
 
 
 @pytest.mark.parametrize("editor", ["ft-l", "kn"])

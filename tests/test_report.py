@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import Run, columns, editing_table, latex_escape, load_runs, render, run_labels, table
+from harness.report import (
+    Run,
+    ability_table,
+    columns,
+    editing_table,
+    latex_escape,
+    load_runs,
+    render,
+    run_labels,
+    table,
+    then_table,
+)
 
 SCORES = {
     "portability.zh.f1": 17.0,
@@ -189,3 +200,57 @@ def test_runs_are_found_in_folders_and_other_results_files_passed_over(tmp_path)
         load_runs([tmp_path / "x/run/then/nli/results.json"])
     with pytest.raises(FileNotFoundError):
         load_runs([tmp_path / "missing"])
+
+
+ERRORS = {
+    **SCORES,
+    "reliability.en.f1_stderr": 4.321,
+    "reliability.en.em_stderr": 5.0,
+    "generality.zh.f1_stderr": 0.0,
+}
+HOW = {"method": "bootstrap over records", "resamples": 1000, "seed": 0}
+
+
+def test_every_format_shows_the_stderr_as_plus_minus():
+    runs = [Run(_results("rome", ERRORS, stderr=HOW))]
+    lines = render(runs).splitlines()
+    assert lines[2].split()[:6] == ["bizsre_en_zh", "rome", "77.65", "±", "4.32", "(67.98)"]
+    assert "23.27 ± 0.00 (3.28)" in lines[2] and "72.27 (55.06)" in lines[2]  # no stderr stored: no ±
+    assert lines[-1].startswith(
+        "F1 ± standard error (EM) in percent (standard error: bootstrap over records, 1000 resamples, seed 0)"
+    )
+    assert "| bizsre_en_zh | rome | 77.65 ± 4.32 (67.98) | 72.27 (55.06) |" in render(runs, "markdown")
+    assert r"bizsre\_en\_zh & rome & 77.65 $\pm$ 4.32 (67.98) & 72.27 (55.06) &" in render(runs, "latex")
+
+
+def test_csv_has_a_stderr_column_beside_each_metric():
+    rows = list(csv.DictReader(io.StringIO(render([Run(_results("rome", ERRORS, stderr=HOW))], "csv"))))
+    assert list(rows[0])[9:14] == [
+        "reliability.en.f1",
+        "reliability.en.f1_stderr",
+        "reliability.en.em",
+        "reliability.en.em_stderr",
+        "generality.en.f1",
+    ]
+    assert rows[0]["reliability.en.f1_stderr"] == "4.321" and rows[0]["generality.zh.f1_stderr"] == "0.0"
+    assert "generality.en.f1_stderr" not in rows[0]  # a column only for the stderrs some row has
+    assert rows[1]["row"] == "unedited" and rows[1]["reliability.en.f1_stderr"] == ""
+
+
+def test_ability_tables_skip_stderr_keys():
+    then = {
+        "general_nli": {
+            "metric": "accuracy",
+            "n": 200,
+            "edited": {"accuracy": 51.5, "accuracy_stderr": 3.5},
+            "unedited": {"accuracy": 55.0, "accuracy_stderr": 3.5},
+            "change": {"accuracy": -3.5},
+        }
+    }
+    assert [row[1] for row in then_table(then).body] == ["accuracy"]
+    ability = {
+        "editor": "none",
+        "task": {"name": "general_nli", "kind": "ability"},
+        "results": {"general_nli": {"accuracy": 55.0, "accuracy_stderr": 3.5}},
+    }
+    assert ability_table([Run(ability)]).body == [["general_nli", "none", "accuracy", "55.00 ± 3.50"]]

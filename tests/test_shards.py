@@ -15,6 +15,7 @@ import pytest
 from harness.config import ConfigError
 from harness.runner import run
 from harness.shards import Shard, ShardError, _interleave, assigned, merge
+from harness.uncertainty import is_stderr, metric_keys, settings, stderr_key
 
 EDITOR, TASK, MODEL, LIMIT = "ft-m", "bizsre_en_zh", "tiny-llama", 5
 CLI = [sys.executable, "-m", "harness.cli"]
@@ -100,6 +101,10 @@ def test_two_processes_merge_to_the_single_process_run(tmp_path, single):
     done = subprocess.run([*CLI, "merge", str(tmp_path)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert _comparable(tmp_path) == _comparable(single)
+    merged = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    scores = merged["results"][TASK]  # equal to the single run's (above): its stderrs are over all records
+    assert [k for k in scores if is_stderr(k)] == [stderr_key(k) for k in metric_keys(scores)]
+    assert merged["stderr"] == settings()
 
 
 def test_batch_mode_shards_split_whole_edit_calls(tmp_path):
