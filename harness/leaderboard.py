@@ -2,7 +2,9 @@
 
 ``harness leaderboard SPEC`` runs what is missing (resumable runs under ``runs``), trains editors
 that learn first, stores one JSON file per run in ``output`` (the run's results.json plus the
-command, record ids and seed that reproduce it) and writes ``output/README.md``.
+command, record ids and seed that reproduce it) and writes ``output/README.md``. A spec may score
+every run under several scoring profiles (``protocols``; the first one's files keep the plain
+``output/<task>/<editor>.json`` paths) and split each run over ``processes`` shards.
 ``--check`` runs everything again in a scratch folder and compares it with the stored files within
 the spec's tolerances (``tolerance_from_stderr`` k: a metric may move k times the stored file's
 standard error of it, never less than its explicit tolerance): the regression guard CI runs.
@@ -14,11 +16,13 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from harness import plugins, report
+from harness import plugins, report, shards
 from harness.compare import HEADLINES, KINDS, Comparison, Tolerance, compare, find_samples, render
 from harness.config import ConfigError
 from harness.results import data_files, write_json
@@ -47,6 +51,9 @@ class LeaderboardSpec:
     tolerance_from_stderr: float = 0.0  # --check: k x the stored stderr, at least the tolerances
     notes: str = ""  # Markdown shown under the title
     charts: bool = True  # an overlay radar and a cross-lingual gap chart per task in output/charts
+    protocols: tuple[str, ...] = ("",)  # scoring profiles ("": each task's default), each a table
+    model_description: str = ""  # what the model is, for readers (its name is often a short alias)
+    processes: int = 1  # shards each run is split over, run side by side (harness.shards)
 
     @classmethod
     def load(cls, path: str | Path) -> LeaderboardSpec:
@@ -63,15 +70,8 @@ class LeaderboardSpec:
         missing = sorted(k for k in ("model", "tasks", "editors", "limit", "output", "runs") if k not in raw)
         if missing:
             raise ConfigError(f"leaderboard spec {path}: missing key(s) {missing}")
-        if not isinstance(raw["limit"], int) or raw["limit"] < 1:
-            raise ConfigError(f"leaderboard spec {path}: limit must be an integer >= 1, not {raw['limit']!r}")
-        for tolerance in raw.get("tolerances", []):
-            Tolerance.parse(tolerance)
+        _check_values(raw, path)
         factor = raw.get("tolerance_from_stderr", 0.0)
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 <= factor < float("inf"):
-            raise ConfigError(
-                f"leaderboard spec {path}: tolerance_from_stderr must be a finite number >= 0, not {factor!r}"
-            )
 
         def under_spec(relative: str) -> Path:
             return Path(os.path.normpath(path.parent / relative))
@@ -91,18 +91,47 @@ class LeaderboardSpec:
             tolerance_from_stderr=float(factor),
             notes=raw.get("notes", ""),
             charts=bool(raw.get("charts", True)),
+            protocols=tuple(raw.get("protocols", [""])),
+            model_description=raw.get("model_description", ""),
+            processes=raw.get("processes", 1),
         )
 
-    def entry_path(self, task: str, editor: str) -> Path:
-        return self.output / task / f"{editor}.json"
+    def folder(self, root: Path, protocol: str) -> Path:
+        """Where a profile's files go under ``root``: the first profile's directly in it."""
+        return root if protocol == self.protocols[0] else root / protocol
 
-    def command(self, task: str, editor: str) -> str:
+    def entry_path(self, task: str, editor: str, protocol: str = "") -> Path:
+        return self.folder(self.output, protocol or self.protocols[0]) / task / f"{editor}.json"
+
+    def overrides(self, protocol: str) -> dict[str, str]:
+        """The ``--set`` settings of a run scored under ``protocol``."""
+        return {**dict(self.settings), **({"protocol": protocol} if protocol else {})}
+
+    def command(self, task: str, editor: str, protocol: str = "") -> str:
         """The ``harness run`` command that reproduces one entry (DATA: the data directory)."""
-        sets = "".join(f" --set {k}={v}" for k, v in self.settings)
+        sets = "".join(f" --set {k}={v}" for k, v in self.overrides(protocol).items())
         return (
             f"harness run --editor {editor} --task {task} --model {self.model} --data-dir DATA "
             f"--limit {self.limit} --seed {self.seed}{sets}"
         )
+
+
+def _check_values(raw: dict[str, Any], path: Path) -> None:
+    """Refuse spec values of the wrong type or range, naming the key."""
+    where = f"leaderboard spec {path}"
+    if not isinstance(raw["limit"], int) or raw["limit"] < 1:
+        raise ConfigError(f"{where}: limit must be an integer >= 1, not {raw['limit']!r}")
+    for tolerance in raw.get("tolerances", []):
+        Tolerance.parse(tolerance)
+    factor = raw.get("tolerance_from_stderr", 0.0)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 <= factor < float("inf"):
+        raise ConfigError(f"{where}: tolerance_from_stderr must be a finite number >= 0, not {factor!r}")
+    processes = raw.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"{where}: processes must be an integer >= 1, not {processes!r}")
+    profiles = raw.get("protocols", [""])
+    if not profiles or not all(isinstance(p, str) for p in profiles) or len(set(profiles)) < len(profiles):
+        raise ConfigError(f"{where}: protocols must be a list of distinct profile names, not {profiles!r}")
 
 
 def _trains(editor: str) -> bool:
@@ -110,12 +139,19 @@ def _trains(editor: str) -> bool:
 
 
 def run_entry(
-    spec: LeaderboardSpec, task: str, editor: str, data_dir: str | None, runs: Path, progress: bool
+    spec: LeaderboardSpec,
+    task: str,
+    editor: str,
+    data_dir: str | None,
+    runs: Path,
+    progress: bool,
+    protocol: str = "",
 ) -> dict[str, Any]:
     """One editor on one task as the spec says (training it first if it learns); its results."""
     from harness.runner import run, train
 
-    overrides = dict(spec.settings)
+    overrides = spec.overrides(protocol)
+    output = spec.folder(runs, protocol or spec.protocols[0]) / task / editor
     if _trains(editor):
         task_obj = plugins.lookup("task", task, plugins.tasks(Path(data_dir) if data_dir else None))
         train(
@@ -124,15 +160,17 @@ def run_entry(
             model=spec.model,
             data_dir=data_dir,
             seed=spec.seed,
-            overrides=overrides,
+            overrides={k: v for k, v in overrides.items() if k != "protocol"},
             progress=progress,
         )
+    if spec.processes > 1:
+        return _sharded(spec, task, editor, data_dir, output, overrides)
     return run(
         editor=editor,
         task=task,
         model=spec.model,
         data_dir=data_dir,
-        output_dir=str(runs / task / editor),
+        output_dir=str(output),
         limit=spec.limit,
         seed=spec.seed,
         overrides=overrides,
@@ -140,12 +178,36 @@ def run_entry(
     )
 
 
-def _entry(spec: LeaderboardSpec, task: str, editor: str, results: dict[str, Any]) -> dict[str, Any]:
+def _sharded(
+    spec: LeaderboardSpec, task: str, editor: str, data_dir: str | None, output: Path, overrides: dict
+) -> dict[str, Any]:
+    """One run split over ``spec.processes`` shard processes side by side (the machine's cores shared
+    between them unless the spec sets ``threads``), then merged into ``output``."""
+    count = spec.processes
+    threads = {"threads": str(max(1, (os.cpu_count() or 1) // count))}
+    sets = [arg for k, v in {**threads, **overrides}.items() for arg in ("--set", f"{k}={v}")]
+    command = [sys.executable, "-m", "harness.cli", "run", "--editor", editor, "--task", task]
+    command += ["--model", spec.model, "--limit", str(spec.limit), "--seed", str(spec.seed)]
+    command += ["--output-dir", str(output), *(["--data-dir", data_dir] if data_dir else []), *sets]
+    log.info("%s on %s: %d shard processes", editor, task, count)
+    workers = [
+        subprocess.Popen([*command, "--shard", f"{i}/{count}"], stdout=subprocess.DEVNULL)
+        for i in range(count)
+    ]
+    failed = [i for i, worker in enumerate(workers) if worker.wait() != 0]
+    if failed:
+        raise RuntimeError(f"{editor} on {task}: shard(s) {failed} of {count} failed; their logs are above")
+    return shards.merge(output)
+
+
+def _entry(
+    spec: LeaderboardSpec, task: str, editor: str, results: dict[str, Any], protocol: str
+) -> dict[str, Any]:
     """The stored file: the run's results and how to reproduce them."""
     return {
         ENTRY_KEY: {
             "spec": spec.path.as_posix(),
-            "command": spec.command(task, editor),
+            "command": spec.command(task, editor, protocol),
             "record_ids": results["record_ids"],
             "seed": spec.seed,
             "limit": spec.limit,
@@ -157,14 +219,15 @@ def _entry(spec: LeaderboardSpec, task: str, editor: str, results: dict[str, Any
 def build(spec: LeaderboardSpec, data_dir: str | None, progress: bool = True) -> list[Path]:
     """Run (or resume) every entry, store its file, write the README; the written paths."""
     written = []
-    for task in spec.tasks:
-        for editor in spec.editors:
-            log.info("leaderboard %s: %s on %s", spec.path, editor, task)
-            results = run_entry(spec, task, editor, data_dir, spec.runs, progress)
-            path = spec.entry_path(task, editor)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, _entry(spec, task, editor, results))
-            written.append(path)
+    for protocol in spec.protocols:
+        for task in spec.tasks:
+            for editor in spec.editors:
+                log.info("leaderboard %s: %s on %s %s", spec.path, editor, task, protocol)
+                results = run_entry(spec, task, editor, data_dir, spec.runs, progress, protocol)
+                path = spec.entry_path(task, editor, protocol)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, _entry(spec, task, editor, results, protocol))
+                written.append(path)
     written.append(write_readme(spec))
     return written
 
@@ -183,7 +246,7 @@ def check(spec: LeaderboardSpec, data_dir: str | None, scratch: Path, progress: 
             if not stored_path.is_file():
                 raise FileNotFoundError(f"{stored_path}: not stored; run `harness leaderboard {spec.path}`")
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
-            fresh = run_entry(spec, task, editor, data_dir, scratch, progress)
+            fresh = run_entry(spec, task, editor, data_dir, scratch, progress, spec.protocols[0])
             comparisons[task, editor] = compare(
                 fresh,
                 stored,
@@ -217,10 +280,16 @@ def check_report(spec: LeaderboardSpec, comparisons: dict[tuple[str, str], Compa
     return "\n".join(lines)
 
 
+def _profile(entry: dict[str, Any]) -> str:
+    """The scoring profile an entry was scored under (files from before profiles: the default)."""
+    return (entry.get("protocol") or {}).get("name", "harness")
+
+
 def _task_section(
-    task: str, entries: dict[str, dict[str, Any]], charts: list[Path], output: Path
+    heading: str, entries: dict[str, dict[str, Any]], charts: list[Path], output: Path
 ) -> list[str]:
-    """One task: the paper-style table of every editor, median seconds per edit, its charts."""
+    """One task under one profile: the paper-style table of every editor, median seconds per edit,
+    each run's total time, its charts."""
     runs = [report.Run(entry) for entry in entries.values()]
     first = runs[0].results
     seconds = ", ".join(
@@ -228,16 +297,22 @@ def _task_section(
         for editor, entry in entries.items()
         if "edit_seconds_median" in entry.get("timings", {})
     )
+    minutes = ", ".join(
+        f"{editor} {entry['timings']['total_seconds'] / 60:.1f}" for editor, entry in entries.items()
+    )
     images = [f"![{path.stem}]({path.relative_to(output).as_posix()})" for path in charts]
     return [
-        f"## {task}",
+        f"## {heading}",
         "",
         f"{first['task'].get('description', '').rstrip('.')}. Edits are in "
-        f"`{first['task'].get('edit_language', '?')}`.",
+        f"`{first['task'].get('edit_language', '?')}`; scored under the `{_profile(first)}` profile "
+        "(docs/protocol.md).",
         "",
         report.render(runs, "markdown"),
         "",
         f"Median seconds per edit: {seconds}.",
+        "",
+        f"Minutes per run (every invocation that wrote its records, model loading included): {minutes}.",
         "",
         *(line for image in images for line in (image, "")),
     ]
@@ -269,12 +344,14 @@ def _error_bars(how: dict[str, Any], limit: int) -> str:
 
 def write_readme(spec: LeaderboardSpec) -> Path:
     """``output/README.md`` from the stored files alone (so it is the same wherever it is made)."""
-    found: dict[str, dict[str, dict[str, Any]]] = {}
-    for task in spec.tasks:
-        for editor in spec.editors:
-            path = spec.entry_path(task, editor)
-            if path.is_file():
-                found.setdefault(task, {})[editor] = json.loads(path.read_text(encoding="utf-8"))
+    found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for protocol in spec.protocols:
+        for task in spec.tasks:
+            for editor in spec.editors:
+                path = spec.entry_path(task, editor, protocol)
+                if path.is_file():
+                    entry = json.loads(path.read_text(encoding="utf-8"))
+                    found.setdefault((protocol, task), {})[editor] = entry
     if not found:
         raise FileNotFoundError(f"{spec.output}: nothing stored yet; run `harness leaderboard {spec.path}`")
     any_entry = next(iter(next(iter(found.values())).values()))
@@ -285,6 +362,8 @@ def write_readme(spec: LeaderboardSpec) -> Path:
         "<!-- generated by `harness leaderboard`; do not edit by hand -->",
         "",
     ]
+    if spec.model_description:
+        lines += [f"Model: {spec.model_description} (`{spec.model}`).", ""]
     if spec.notes:
         lines += [spec.notes.strip(), ""]
     errors = next(
@@ -298,10 +377,18 @@ def write_readme(spec: LeaderboardSpec) -> Path:
         "there).",
         "",
     ]
-    for task, entries in found.items():
-        charts = _charts(task, entries, spec.output / "charts") if spec.charts else []
-        lines += _task_section(task, entries, charts, spec.output)
-    missing = [f"{e} on {t}" for t in spec.tasks for e in spec.editors if e not in found.get(t, {})]
+    for (protocol, task), entries in found.items():
+        heading = task if len(spec.protocols) == 1 else f"{task}, `{_profile(next(iter(entries.values())))}`"
+        folder = spec.folder(spec.output, protocol) / "charts"
+        charts = _charts(task, entries, folder) if spec.charts else []
+        lines += _task_section(heading, entries, charts, spec.output)
+    missing = [
+        f"{e} on {t}" + (f" ({p})" if p else "")
+        for p in spec.protocols
+        for t in spec.tasks
+        for e in spec.editors
+        if e not in found.get((p, t), {})
+    ]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)}.", ""]
     if errors:

@@ -123,3 +123,45 @@ def test_check_with_tolerance_from_stderr_accepts_k_stderrs_and_rejects_more(bui
     assert check(floor, None, tmp_path / "again", progress=False)["bizsre_en_zh", "kn"].exit_code == 0
     assert check(by_stderr, None, tmp_path / "again", progress=False)["bizsre_en_zh", "kn"].exit_code == 1
     stored_path.write_text(json.dumps(original), encoding="utf-8")
+
+
+def test_profile_and_process_settings_are_checked(tmp_path):
+    for bad in ("0", "1.5", "true"):
+        with pytest.raises(ConfigError, match="processes must be an integer >= 1"):
+            LeaderboardSpec.load(_spec(tmp_path, processes=bad))
+    for bad in ("[]", '["harness", "harness"]', "[1]"):
+        with pytest.raises(ConfigError, match="protocols must be a list of distinct profile names"):
+            LeaderboardSpec.load(_spec(tmp_path, protocols=bad))
+
+
+def test_two_profiles_over_two_processes_store_one_table_each(tmp_path, data_dir):
+    spec = LeaderboardSpec.load(
+        _spec(
+            tmp_path,
+            editors='["ft-m"]',
+            limit="3",
+            protocols='["harness", "bizsre-published"]',
+            processes="2",
+            model_description='"a tiny random Llama"',
+            settings=None,
+        )
+    )
+    build(spec, str(data_dir), progress=False)
+    plain = json.loads(spec.entry_path("bizsre_en_zh", "ft-m").read_text(encoding="utf-8"))
+    published_path = tmp_path / "board" / "bizsre-published" / "bizsre_en_zh" / "ft-m.json"
+    published = json.loads(published_path.read_text(encoding="utf-8"))
+    assert spec.entry_path("bizsre_en_zh", "ft-m", "bizsre-published") == published_path
+    assert plain["protocol"]["name"] == "harness" and published["protocol"]["name"] == "bizsre-published"
+    assert published["leaderboard"]["command"].endswith("--set protocol=bizsre-published")
+    # two shard processes, merged: every record once, each invocation listed with its shard
+    assert plain["record_ids"] == ["0", "1", "2"] and plain["n-samples"]["bizsre_en_zh"] == 3
+    assert sorted(i["shard"] for i in plain["invocations"]) == ["0/2", "1/2"]
+    assert sorted(r for i in plain["invocations"] for r in i["records"]) == ["0", "1", "2"]
+    # the same edits scored two ways: F1 is never higher under precision x recall
+    for key, value in published["results"]["bizsre_en_zh"].items():
+        if key.endswith(".f1") and not key.startswith("locality"):
+            assert value <= plain["results"]["bizsre_en_zh"][key] + 1e-9
+    readme = (tmp_path / "board" / "README.md").read_text(encoding="utf-8")
+    assert "Model: a tiny random Llama (`tiny-llama`)." in readme
+    assert "## bizsre_en_zh, `harness`" in readme and "## bizsre_en_zh, `bizsre-published`" in readme
+    assert readme.count("Minutes per run") == 2
