@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class Invocation:
     def begin(cls, output_dir: Path, commit: str, versions: dict[str, str], started: float) -> Invocation:
         """Record an invocation that began at ``started`` in ``output_dir`` before it logs a record."""
         invocation = cls(
-            id=f"{_utc(started)}-{os.getpid()}",
+            id=f"{_utc(started)}-{os.getpid()}-{uuid.uuid4().hex[:8]}",  # unique within a process too
             started=started,
             commit=commit,
             versions=versions,

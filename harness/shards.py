@@ -225,7 +225,12 @@ def _merged_results(
         for entry in shard.get("invocations", [])
     ]
     merged["timings"] = {
-        **{k: v for k, v in first["timings"].items() if not k.startswith("edit_seconds")},
+        # shard 0's own figures, less those that the merge recomputes or that were one process's
+        **{
+            k: v
+            for k, v in first["timings"].items()
+            if not k.startswith("edit_seconds") and k != "invocation_seconds"
+        },
         "total_seconds": sum(shard_seconds),  # every shard's time: what the run cost
         "wall_seconds": max(shard_seconds),  # the shards ran side by side
         "shard_total_seconds": shard_seconds,

@@ -85,13 +85,13 @@ class KNHparams(SubjectContexts):
         return 20 if self.variant == "paper" else 1
 
 
-def integration_alphas(steps: int, grid: str) -> torch.Tensor:
-    """Scales of the activation: ``right`` k / steps for k = 1..steps (the paper's Riemann sum),
-    ``linspace`` linspace(0, 1, steps) (EasyEdit's, which starts at 0)."""
+def integration_alphas(steps: int, grid: str, device: torch.device) -> torch.Tensor:
+    """Scales of the activation, on ``device``: ``right`` k / steps for k = 1..steps (the paper's
+    Riemann sum), ``linspace`` linspace(0, 1, steps) (EasyEdit's, which starts at 0)."""
     if grid == "right":
-        return torch.arange(1, steps + 1, dtype=MASTER_DTYPE) / steps
+        return torch.arange(1, steps + 1, dtype=MASTER_DTYPE, device=device) / steps
     if grid == "linspace":
-        return torch.linspace(0, 1, steps, dtype=MASTER_DTYPE)
+        return torch.linspace(0, 1, steps, dtype=MASTER_DTYPE, device=device)
     raise ValueError(f"grid must be 'right' or 'linspace', got {grid!r}")
 
 
@@ -113,7 +113,7 @@ def neuron_attributions(
     targets = [module(model, name) for name in module_names]
     with torch.no_grad():
         clean = [seen[0, last] for seen in run_until(model, ids[:1], mask[:1], targets, side)]
-    alphas = integration_alphas(steps, grid).to(clean[0].device, clean[0].dtype)[:, None]
+    alphas = integration_alphas(steps, grid, clean[0].device).to(clean[0].dtype)[:, None]
     rows = []
     for target, activation in zip(targets, clean, strict=True):
         scaled = (alphas * activation).requires_grad_(True)
