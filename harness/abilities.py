@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from harness import protocols
+from harness import protocols, uncertainty
 from harness.answers import (
     SharedPrefix,
     at_positions,
@@ -196,13 +196,28 @@ class AbilitySetup:
             model, tokenizer, self.context, self.queries, SampleLog(output_dir, PREDICTIONS), progress
         )
         result = {
-            "metrics": self.task.score(self.examples, predictions),
+            "metrics": self.scores(predictions),
             "metric": self.task.metric,
             "n": len(self.examples),
             "seconds": time.perf_counter() - started,
         }
         write_json(output_dir / RESULTS, result)
         return result
+
+    def scores(self, predictions: list[str]) -> dict[str, float]:
+        """The task's metrics, each followed by its bootstrap standard error over examples."""
+        examples = self.examples
+
+        def on(indices: list[int]) -> dict[str, float]:
+            return self.task.score([examples[i] for i in indices], [predictions[i] for i in indices])
+
+        errors = uncertainty.resampled_stderrs(on, len(examples))
+        scored: dict[str, float] = {}
+        for key, value in self.task.score(examples, predictions).items():
+            scored[key] = value
+            if uncertainty.stderr_key(key) in errors:
+                scored[uncertainty.stderr_key(key)] = errors[uncertainty.stderr_key(key)]
+        return scored
 
 
 def baseline_dir(setup: AbilitySetup, model_sha256: str) -> Path:
@@ -224,4 +239,4 @@ def baseline(
 
 def change(edited: dict[str, float], unedited: dict[str, float]) -> dict[str, float]:
     """Edited minus unedited, per metric (percentage points; negative is a drop)."""
-    return {key: edited[key] - unedited[key] for key in edited if key in unedited}
+    return {key: edited[key] - unedited[key] for key in uncertainty.metric_keys(edited) if key in unedited}

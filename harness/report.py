@@ -267,8 +267,8 @@ def then_table(then: dict[str, Any], title: str = "") -> Table:
         [
             task,
             key,
-            f"{entry['unedited'][key]:.2f}",
-            f"{entry['edited'][key]:.2f}",
+            _with_stderr(entry["unedited"], key),
+            _with_stderr(entry["edited"], key),
             f"{entry['change'][key]:+.2f}",
         ]
         for task, entry in then.items()

@@ -11,7 +11,7 @@ numbers. See docs/statistics.md for how to read them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -124,6 +124,26 @@ def bootstrap_stderr(
         [_weighted_means(array, weight_array, rows) for rows in _resamples(len(array), resamples, seed)]
     )
     return float(np.std(means, ddof=1))
+
+
+def resampled_stderrs(score: Callable[[list[int]], dict[str, float]], n: int) -> dict[str, float]:
+    """``<metric>_stderr`` of every metric ``score`` computes from a list of item indices: the spread
+    of each metric over bootstrap resamples of the ``n`` items, the metric recomputed as it is
+    reported on each (so corpus-level metrics such as entity F1 are covered, not only means).
+    Resamples on which the metric is undefined (``score`` raises ValueError: a macro average whose
+    class was not drawn) are left out; when more than a tenth are, or below 2 items, there is none."""
+    if n < 2:
+        return {}
+    draws = []
+    for rows in _resamples(n, RESAMPLES, SEED):
+        for row in rows:
+            try:
+                draws.append(score(row.tolist()))
+            except ValueError:
+                continue
+    if len(draws) < 0.9 * RESAMPLES:
+        return {}
+    return {stderr_key(key): float(np.std([draw[key] for draw in draws], ddof=1)) for key in draws[0]}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from harness.config import ConfigError
 from harness.hookspecs import hookimpl
 from harness.report import table
 from harness.runner import run
+from harness.uncertainty import bootstrap_stderr
 
 CONTEXT = "Question: Is the sky blue?\nAnswer: yes\n\n"
 QUESTIONS = ["Is fire cold?", "Is water wet?", "Do fish swim?"]
@@ -173,14 +174,21 @@ def test_an_ability_task_runs_alone_with_editor_none_and_its_result_is_cached(tm
     assert [p["id"] for p in predictions] == ["q0", "q1"]  # default_limit examples
     assert all(p["prediction"] in (" yes", " no") and len(p["option_scores"]) == 2 for p in predictions)
     right = [p["prediction"] == g for p, g in zip(predictions, GOLD)]
-    assert first["results"]["test_yes_no"] == {"accuracy": 100.0 * sum(right) / 2}
+    assert first["results"]["test_yes_no"] == {
+        "accuracy": 100.0 * sum(right) / 2,
+        # a mean over examples: its resampled stderr is the plain bootstrap of the per-example scores
+        "accuracy_stderr": pytest.approx(bootstrap_stderr([100.0 * r for r in right])),
+    }
     assert first["task"]["kind"] == "ability" and first["n-samples"] == {"test_yes_no": 2}
     row = next(line for line in table(first).splitlines() if line.startswith("test_yes_no"))
+    scores = first["results"]["test_yes_no"]
     assert row.split() == [
         "test_yes_no",
         "none",
         "accuracy",
-        f"{first['results']['test_yes_no']['accuracy']:.2f}",
+        f"{scores['accuracy']:.2f}",
+        "±",
+        f"{scores['accuracy_stderr']:.2f}",
     ]
 
     def refuse(*args, **kwargs):
@@ -222,7 +230,7 @@ def test_an_interrupted_ability_run_resumes_from_its_predictions(tmp_path, yes_n
     lines = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines] == ["q0", "q1", "q2"]
     right = [line["prediction"] == gold.strip() for line, gold in zip(lines, GOLD)]
-    assert resumed["results"]["test_yes_no_generate"] == {"accuracy": 100.0 * sum(right) / 3}
+    assert resumed["results"]["test_yes_no_generate"]["accuracy"] == 100.0 * sum(right) / 3
 
 
 def test_then_measures_the_model_holding_every_edit_beside_the_cached_unedited_result(
@@ -264,7 +272,7 @@ def test_then_measures_the_model_holding_every_edit_beside_the_cached_unedited_r
         for line in (out / "then" / "test_yes_no" / "predictions.jsonl").read_text().splitlines()
     ]
     right = [line["prediction"] == gold for line, gold in zip(lines, GOLD)]
-    assert entry["edited"] == {"accuracy": 100.0 * sum(right) / 2}
+    assert entry["edited"]["accuracy"] == 100.0 * sum(right) / 2
     assert entry["change"] == {"accuracy": entry["edited"]["accuracy"] - entry["unedited"]["accuracy"]}
     assert "ability task" in table(results) and f"{entry['change']['accuracy']:+.2f}" in table(results)
 

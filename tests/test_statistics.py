@@ -21,6 +21,7 @@ from harness.uncertainty import (
     metric_keys,
     paired_interval,
     record_scores,
+    resampled_stderrs,
     settings,
     stderr_key,
     unpaired_interval,
@@ -159,3 +160,32 @@ def test_a_tiny_model_run_stores_a_stderr_beside_every_metric(tmp_path):
         for key, records in per_record.items():
             assert scores[stderr_key(key)] == bootstrap_stderr(records.per_record)
     assert results["results"] == stored["results"]
+
+
+def test_an_ability_metric_gets_the_spread_of_the_metric_itself_over_resampled_examples():
+    """Accuracy on 200 examples (150 right): near the analytic sqrt(p(1-p)/n); a corpus-level metric
+    (here the share of distinct right answers) gets its own resampled spread, not a mean's."""
+    right = [1.0] * 150 + [0.0] * 50
+
+    def score(indices):
+        picked = [right[i] for i in indices]
+        return {"accuracy": 100 * sum(picked) / len(picked), "distinct": 100 * len(set(indices)) / len(right)}
+
+    errors = resampled_stderrs(score, len(right))
+    analytic = 100 * math.sqrt(0.75 * 0.25 / 200)
+    assert errors["accuracy_stderr"] == pytest.approx(analytic, rel=0.05)
+    assert errors["accuracy_stderr"] == pytest.approx(bootstrap_stderr([100 * r for r in right]))
+    assert 0 < errors["distinct_stderr"] < 5  # about 63% of items drawn per resample, a small spread
+    assert resampled_stderrs(score, 1) == {}
+
+
+def test_resamples_where_the_metric_is_undefined_are_left_out_and_too_many_give_none():
+    def macro(indices, rare=(0,)):
+        if not any(i in rare for i in indices):
+            raise ValueError("no item of the rare class drawn")
+        return {"recall": 100.0 * len(set(indices)) / 50}
+
+    # item 0 missing from a resample of 50: (49/50)^50 = 36% of resamples: too many, no stderr
+    assert resampled_stderrs(macro, 50) == {}
+    # with 10 rare items missing is rare ((40/50)^50 < 1e-4): the stderr is the kept resamples' spread
+    assert "recall_stderr" in resampled_stderrs(lambda rows: macro(rows, range(10)), 50)
