@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_general_tasks import NAMES, ROOT  # the eight tasks, as the few-shot tests name them
 
 from harness import plugins, protocols
 from harness.abilities import AbilitySetup, baseline_dir, score_prediction_file
@@ -16,17 +17,6 @@ from harness.config import ConfigError
 from harness.templates import Templates
 from harness_plugins.tasks.general import meh_scoring as rules
 
-ROOT = Path(__file__).resolve().parents[1]
-NAMES = (
-    "general_reasoning",
-    "general_nli",
-    "general_open_qa",
-    "general_closed_qa",
-    "general_dialogue",
-    "general_summarization",
-    "general_ner",
-    "general_sentiment",
-)
 NEW_TOKENS = {  # MEH's max_new_tokens per script
     "general_reasoning": 5,
     "general_nli": 1,
