@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.runner import run
+from harness.uncertainty import metric_keys, stderr_key
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +38,10 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
     results = _run("rome", direction, data_dir, tmp_path)
     task = f"bizsre_{direction}"
     post, pre = results["results"][task], results["pre_edit"][task]
-    assert set(post) == KEYS | {f"reliability.{edit_language}.f1", f"reliability.{edit_language}.em"}
-    assert len(post) == 14
+    reliability_keys = {f"reliability.{edit_language}.f1", f"reliability.{edit_language}.em"}
+    assert set(metric_keys(post)) == KEYS | reliability_keys
+    assert len(metric_keys(post)) == 14
+    assert all(stderr_key(key) in post for key in metric_keys(post))  # 3 records: each has its error bar
     reliability = f"reliability.{edit_language}.f1"
     assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
     assert post[reliability] >= 60
@@ -56,7 +59,7 @@ def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_
     results = _run("memit", direction, data_dir, tmp_path)
     task, language = f"bizsre_{direction}", direction[:2]
     post, pre = results["results"][task], results["pre_edit"][task]
-    assert len(post) == 14
+    assert len(metric_keys(post)) == 14
     reliability = f"reliability.{language}.f1"
     assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -79,7 +82,7 @@ def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
 def test_kn_edits_chosen_neurons_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("kn", direction, data_dir, tmp_path)
     task = f"bizsre_{direction}"
-    assert len(results["results"][task]) == 14
+    assert len(metric_keys(results["results"][task])) == 14
     hparams = results["hparams"]
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     for sample in samples:
@@ -100,7 +103,7 @@ def test_ike_edits_in_context_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("ike", direction, data_dir, tmp_path, overrides={"pool_size": 1000})
     task, language = f"bizsre_{direction}", direction[:2]
     post, pre = results["results"][task], results["pre_edit"][task]
-    assert len(post) == 14
+    assert len(metric_keys(post)) == 14
     reliability = f"reliability.{language}.f1"
     assert post[reliability] >= 90 and post[reliability] >= pre[reliability] + 40, (pre, post)
     assert {"ike/demonstration.jinja", "ike/probe.jinja"} <= set(results["templates"])

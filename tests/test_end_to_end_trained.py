@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.runner import run, train
+from harness.uncertainty import metric_keys
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, g
     assert summary["train_examples"] == 40 and summary["data"]["name"] == f"zsre_{language}"
     assert summary["classifier"]["scope_recall"] >= 0.8
     post = results["results"][task]
-    assert len(post) == 14
+    assert len(metric_keys(post)) == 14
     assert post[f"reliability.{language}.f1"] >= 80
     for sample in samples:
         routed = dict(
@@ -79,7 +80,7 @@ def test_mend_edits_the_last_mlp_matrices_and_restores_them(direction, gemma, da
     summary, results, samples = _train_and_run("mend", direction, data_dir, tmp_path)
     task = f"bizsre_{direction}"
     assert summary["final"]["step"] == 10
-    assert len(results["results"][task]) == 14
+    assert len(metric_keys(results["results"][task])) == 14
     expected = [f"model.layers.{i}.mlp.down_proj.weight" for i in (15, 16, 17)]
     for sample in samples:
         assert sample["touched"] == expected
