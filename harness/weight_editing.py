@@ -11,13 +11,14 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from harness.activations import FrozenPrefix, layer_of, run_until
 from harness.answers import at_positions, final_hidden, output_logits, pad_batch, prompt_ids, target_ids
 from harness.api import EditRequest
 from harness.models import architecture, save_atomic
@@ -90,45 +91,6 @@ def add_to_output(target: torch.nn.Module, rows: torch.Tensor, cols: torch.Tenso
         yield
     finally:
         handle.remove()
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every module of interest has run: the rest of the model is not needed."""
-
-
-@contextlib.contextmanager
-def _tap_then_stop(targets: Sequence[torch.nn.Module], side: str) -> Iterator[dict[int, torch.Tensor]]:
-    """Record each target's input (``side="input"``) or output by its index in ``targets``, then
-    abort the forward pass once all of them have run."""
-    seen: dict[int, torch.Tensor] = {}
-
-    def record(index: int, value: torch.Tensor) -> None:
-        seen[index] = value.detach()
-        if len(seen) == len(targets):
-            raise _StopForward
-
-    def tap(index: int, target: torch.nn.Module):
-        if side == "input":
-            return target.register_forward_pre_hook(lambda _m, args: record(index, args[0]))
-        return target.register_forward_hook(
-            lambda _m, _a, out: record(index, out[0] if isinstance(out, tuple) else out)
-        )
-
-    handles = [tap(i, target) for i, target in enumerate(targets)]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def run_until(
-    model, ids: torch.Tensor, mask: torch.Tensor, modules: Sequence[torch.nn.Module], side: str
-) -> list[torch.Tensor]:
-    """Forward pass that stops once all ``modules`` have run; their inputs or outputs, in that order."""
-    with contextlib.suppress(_StopForward), _tap_then_stop(modules, side) as seen:
-        model.base_model(input_ids=ids, attention_mask=mask)
-    return [seen[i] for i in range(len(modules))]
 
 
 @torch.no_grad()
@@ -329,6 +291,9 @@ class ValueObjective:
     stop_loss: float = 5e-2
     stop_on: str = "nll"  # a goal stops once this is below stop_loss: "nll", or "total" (the references)
     kl_position: str = "prompt_end"  # where KL is taken in the essence prompt, or "subject_last" (refs)
+    # each step runs only the layers from the edited one up, on the columns from the subject's last
+    # token on (the rest cannot change and is encoded once); False: the whole prompt every step
+    skip_frozen: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -389,6 +354,7 @@ class ValueResult:
 class _Packed:
     """Every goal's prompts (with the target teacher-forced) and essence prompt in one padded batch."""
 
+    sequences: list[list[int]]
     ids: torch.Tensor
     mask: torch.Tensor
     subject_cols: torch.Tensor  # per row
@@ -426,6 +392,7 @@ def _pack(tokenizer, goals: Sequence[ValueGoal], device: torch.device, kl_positi
         essence_cols.append(essence_position(tokenizer, goal, kl_position))
     ids, mask = pad_batch(sequences, tokenizer.pad_token_id, device)
     return _Packed(
+        sequences,
         ids,
         mask,
         torch.tensor(subject_cols, device=device),
@@ -473,34 +440,39 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
     optimisers = [torch.optim.Adam([delta], lr=objective.lr) for delta in deltas]
     results = [ValueResult(delta=delta, losses=[], steps=0) for delta in deltas]
     target = module(model, module_name)
+    frozen = None
+    if objective.skip_frozen and objective.steps:
+        anchors = packed.subject_cols.tolist()
+        layer = layer_of(model, target)
+        frozen = FrozenPrefix.encode(model, packed.sequences, anchors, layer, tokenizer.pad_token_id)
     active = list(range(len(goals)))
     for step in range(1, objective.steps + 1):
         rows = torch.cat([packed.rows[g] for g in active])
         per_row = torch.stack([deltas[g] for g in active for _ in packed.rows[g]])
-        local = torch.arange(len(rows), device=device)
-        with add_to_output(target, local, packed.subject_cols[rows], per_row):
-            hidden = final_hidden(model, packed.ids[rows], packed.mask[rows])
-        offset, still_active, total = 0, [], 0.0
-        for g in active:
+        hidden, shift = _with_deltas(model, packed, frozen, target, rows, per_row)
+        picked, offset = [], 0
+        for g in active:  # every goal's scored rows, so the output head runs once per step
             n_rows = len(packed.rows[g])
-            prompts = hidden[offset : offset + n_rows - 1]
-            at_goal = at_positions(
-                prompts, torch.arange(n_rows - 1, device=device)[:, None], packed.goal_cols[g]
-            )
-            essence = hidden[offset + n_rows - 1, packed.essence_cols[g].to(hidden.device)]
-            scored = output_logits(model, torch.cat([at_goal.flatten(0, 1), essence[None]]))
-            log_probs = scored.to(MASTER_DTYPE).log_softmax(-1)
-            tokens = packed.goal_tokens[g].repeat(n_rows - 1).to(log_probs.device)
-            nll = -log_probs[:-1].gather(-1, tokens[:, None]).mean()
+            goal_cols = packed.goal_cols[g] - shift[offset : offset + n_rows - 1, None]
+            prompt_rows = torch.arange(offset, offset + n_rows - 1, device=device)[:, None]
+            picked.append(at_positions(hidden, prompt_rows, goal_cols).flatten(0, 1))
+            essence_col = packed.essence_cols[g] - shift[offset + n_rows - 1]
+            picked.append(hidden[offset + n_rows - 1, essence_col.to(hidden.device)][None])
+            offset += n_rows
+        log_probs = output_logits(model, torch.cat(picked)).to(MASTER_DTYPE).log_softmax(-1)
+        sizes = [len(packed.goal_tokens[g]) * (len(packed.rows[g]) - 1) + 1 for g in active]
+        still_active, total = [], 0.0
+        for g, scored in zip(active, log_probs.split(sizes), strict=True):
+            tokens = packed.goal_tokens[g].repeat(len(packed.rows[g]) - 1).to(scored.device)
+            nll = -scored[:-1].gather(-1, tokens[:, None]).mean()
             kl = torch.nn.functional.kl_div(
-                essence_before[g].to(log_probs.device), log_probs[-1], log_target=True, reduction="sum"
+                essence_before[g].to(scored.device), scored[-1], log_target=True, reduction="sum"
             )
             norm = goals[g].reference_norm
             decay = (objective.weight_decay * deltas[g].norm() / norm**2).to(kl.device)
             loss = nll + objective.kl_factor * kl + decay
             results[g].losses.append(loss.item())
             results[g].steps = step
-            offset += n_rows
             if (nll if objective.stop_on == "nll" else loss).item() >= objective.stop_loss:
                 still_active.append(g)
                 total = total + loss
@@ -519,6 +491,19 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
     for result in results:
         result.delta = result.delta.detach()
     return results
+
+
+def _with_deltas(model, packed: _Packed, frozen: FrozenPrefix | None, target, rows, per_row):
+    """Final hidden states of ``rows`` with each row's delta added to ``target``'s output at its
+    subject's last token, and per row the original column of the first column returned (0 for a
+    full pass; the subject's last token when the frozen prefix is reused)."""
+    if frozen is None:
+        local = torch.arange(len(rows), device=rows.device)
+        with add_to_output(target, local, packed.subject_cols[rows], per_row):
+            return final_hidden(model, packed.ids[rows], packed.mask[rows]), torch.zeros_like(rows)
+    at_anchor = torch.zeros_like(rows)
+    with add_to_output(target, torch.arange(len(rows), device=rows.device), at_anchor, per_row):
+        return frozen.final_hidden(model, rows), frozen.anchors[rows]
 
 
 def value_change(

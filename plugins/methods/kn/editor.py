@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.activations import run_until
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 from harness.runtime import MASTER_DTYPE, device_of
-from harness.weight_editing import SubjectContexts, module, run_until
+from harness.weight_editing import SubjectContexts, module
 
 VARIANTS = ("paper", "easyedit")
 # The first MLP projection (the gate in gated MLPs) beside each output matrix's name.

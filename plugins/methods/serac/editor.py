@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from harness.activations import run_until
 from harness.answers import Answer, TargetBatch, pad_batch, prompt_ids, read_answers
 from harness.api import Edit, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
@@ -34,7 +35,6 @@ from harness.training import (
     train_loop,
     trained_state,
 )
-from harness.weight_editing import run_until
 
 log = logging.getLogger(__name__)
 
