@@ -20,11 +20,12 @@ import torch
 from harness import plugins
 from harness.answers import pad_batch, prompt_ids, target_ids, teacher_forced
 from harness.api import EditorContext, EditRequest
+from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
 from harness.runtime import device_of
 from harness.templates import Templates
-from harness.weight_editing import context_prefixes, optimise_values, subject_goals
+from harness.weight_editing import optimise_values, subject_goals
 
 
 def matmul_rate(tokens: int, d_in: int, d_out: int, repeats: int = 20) -> float:

@@ -102,6 +102,7 @@ class ModelSource:
     name: str
     description: str
     locate: Callable[[Path], Path]  # receives the harness cache dir
+    samples: Path | None = None  # text this model wrote (harness.model_text), so first runs sample none
 
 
 @dataclass
@@ -268,6 +269,7 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
     if "sha256" not in identity:
         identity["sha256"] = identity.get("hub_id", "")
     model.harness_fingerprint = cache_fingerprint(identity["sha256"], runtime)
+    model.harness_samples = sources[spec].samples if spec in sources else None
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, runtime=runtime)
 
 

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from harness.activations import FrozenPrefix, layer_of, run_until
 from harness.answers import at_positions, final_hidden, output_logits, pad_batch, prompt_ids, target_ids
 from harness.api import EditRequest
+from harness.model_text import context_prefixes, corpus_spec, sampled_corpus, shipped_samples
 from harness.models import architecture, save_atomic
-from harness.results import write_json
 from harness.runtime import MASTER_DTYPE, device_of
 
 log = logging.getLogger(__name__)
@@ -154,101 +154,6 @@ def subject_keys(
     return torch.stack(
         [torch.stack([g.mean(0) for g in chunk.split(list(groups))]).mean(0) for chunk in keys.split(sizes)]
     )
-
-
-STARTERS = {"en": ["The", "Therefore", "Because", "I", "You"], "zh": ["这", "因此", "因为", "我", "你"]}
-
-
-@torch.no_grad()
-def sample_texts(
-    model,
-    tokenizer,
-    starters: Sequence[str],
-    length: int,
-    count: int,
-    top_k: int,
-    seed: int,
-    batch_size: int = 32,
-) -> list[str]:
-    """``count`` continuations of ``length`` tokens sampled (top-k) from the model, cycling ``starters``."""
-    torch.manual_seed(seed)
-    texts: list[str] = []
-    starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="sampling text", unit="batch", leave=False, disable=len(starts) < 2):
-        prompts = [
-            prompt_ids(tokenizer, starters[i % len(starters)])
-            for i in range(start, min(start + batch_size, count))
-        ]
-        ids, mask = pad_batch(prompts, tokenizer.pad_token_id, device_of(model), left=True)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            top_k=top_k,
-            top_p=1.0,
-            temperature=1.0,
-            max_new_tokens=length,
-            min_new_tokens=length,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        texts += [tokenizer.decode(row, skip_special_tokens=True).replace("\n", " ").strip() for row in out]
-    return texts
-
-
-def _cached_json(path: Path, compute):
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, value)
-    return value
-
-
-def _cache_key(model, *parts) -> str:
-    fingerprint = getattr(model, "harness_fingerprint", "unknown")
-    return hashlib.sha256(json.dumps([fingerprint, *parts], ensure_ascii=False).encode()).hexdigest()[:24]
-
-
-def context_prefixes(
-    model,
-    tokenizer,
-    language: str,
-    seed: int,
-    cache: Path,
-    lengths: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
-) -> list[str]:
-    """Short texts sampled from the model itself, used to average keys and values over contexts.
-
-    ``lengths`` lists (tokens, count) pairs. Cached per model fingerprint, language and seed. The
-    empty prefix (the plain prompt) always comes first.
-    """
-    starters = STARTERS.get(language, STARTERS["en"])
-
-    def compute() -> list[str]:
-        prefixes = [""]
-        for length, count in lengths:
-            prefixes += [t + ". " for t in sample_texts(model, tokenizer, starters, length, count, 5, seed)]
-        return prefixes
-
-    key = _cache_key(model, "prefixes-v2", language, seed, [list(pair) for pair in lengths])
-    return _cached_json(cache / "context_prefixes" / f"{key}.json", compute)
-
-
-def sampled_corpus(
-    model, tokenizer, languages: Sequence[str], tokens: int, seed: int, cache: Path, length: int = 128
-) -> list[str]:
-    """Text sampled from the model in each language, for second moments when no corpus is on disk."""
-    per_language = -(-tokens // (length * max(len(languages), 1)))
-
-    def compute() -> list[str]:
-        texts: list[str] = []
-        for language in languages:
-            starters = STARTERS.get(language, STARTERS["en"])
-            texts += sample_texts(model, tokenizer, starters, length, per_language, 40, seed)
-        return texts
-
-    key = _cache_key(model, "corpus-v1", list(languages), tokens, seed, length)
-    return _cached_json(cache / "sampled_corpus" / f"{key}.json", compute)
 
 
 @dataclass(frozen=True)
@@ -621,15 +526,16 @@ def moment_corpus(model, tokenizer, settings: SecondMomentSettings, context) -> 
     if files and all(f.is_file() for f in files):
         return corpus_texts(files), "files:" + ",".join(settings.second_moment_corpus)
     languages = context.languages or ("en",)
+    tokens = settings.second_moment_tokens
+    specs = [corpus_spec(language, len(languages), tokens, context.seed) for language in languages]
+    shipped = all(shipped_samples(model, spec) is not None for spec in specs)
     log.warning(
-        "no data dir with the second_moment_corpus files; sampling the corpus from the model itself "
-        "(%s), once, cached",
+        "no data dir with the second_moment_corpus files; second moments from text the model wrote (%s)%s",
         "/".join(languages),
+        ", shipped with the model" if shipped else ", sampled once and cached",
     )
-    texts = sampled_corpus(
-        model, tokenizer, languages, settings.second_moment_tokens, context.seed, Path(context.cache_dir)
-    )
-    return texts, "model-samples:" + "/".join(languages)
+    texts = sampled_corpus(model, tokenizer, languages, tokens, context.seed, Path(context.cache_dir))
+    return texts, ("model-samples(shipped):" if shipped else "model-samples:") + "/".join(languages)
 
 
 def regularised_moments(

@@ -56,6 +56,7 @@ def test_wheel_contains_data_files(wheel):
         "harness/harness.toml",
         "harness_plugins/templates/bizsre/question.jinja",
         "harness_plugins/tasks/bizsre/sample/bizsre_sample_enzh_20.json",
+        "harness_plugins/models/demo/gemma3-270m-samples.json",
         "harness/metric_modules/token_f1/token_f1.py",
         "harness_plugins/methods/rome/editor.py",
     ):

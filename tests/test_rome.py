@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from harness.api import Edit, EditorContext, EditRequest, RestoreError
+from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir
 from harness.weight_editing import (
     ValueObjective,
     _pack,
-    context_prefixes,
     essence_position,
     keys_at,
     optimise_values,

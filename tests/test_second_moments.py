@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import pytest
 import torch
 
+from harness import model_text
 from harness.answers import pad_batch, prompt_ids
+from harness.model_text import sampled_corpus
 from harness.models import architecture
-from harness.weight_editing import sampled_corpus, second_moments
+from harness.weight_editing import second_moments
 
 TEXTS = ["Paris is the capital of France.", "巴黎是法国的首都。", "Rivers flow to the sea.", "Hello there"]
 
@@ -88,3 +92,35 @@ def test_several_layers_in_one_pass_equal_one_at_a_time(tiny_llama, tmp_path):
     mixed = second_moments(model, tokenizer, [*names, extra], TEXTS, 10_000, tmp_path / "alone")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     torch.testing.assert_close(mixed[extra], _direct(model, tokenizer, extra), rtol=1e-6, atol=1e-9)
+
+
+def test_shipped_samples_are_read_instead_of_sampling(tiny_llama, tmp_path, monkeypatch):
+    """A model whose source ships a samples file gets those texts for the specs it holds, on any
+    device or dtype, and samples (then caches) only the others."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    held = model_text.corpus_spec("en", 2, tokens=64, seed=3, length=8)
+    shipped = tmp_path / "samples.json"
+    model_text.write_samples(model, tokenizer, [held], shipped, {"model": "tiny-llama"})
+    written = model_text.sample_texts(model, tokenizer, held)
+    drawn = []
+    real = model_text.sample_texts
+    monkeypatch.setattr(model_text, "sample_texts", lambda *a, **k: drawn.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(model, "harness_samples", shipped, raising=False)
+    texts = sampled_corpus(model, tokenizer, ("en", "zh"), tokens=64, seed=3, cache=tmp_path, length=8)
+    assert texts[:4] == written  # the shipped English share, as the model wrote it
+    assert drawn == [model_text.corpus_spec("zh", 2, tokens=64, seed=3, length=8)]  # only Chinese drawn
+    assert model_text.shipped_samples(model, held) == written
+    assert model_text.shipped_samples(model, dataclasses.replace(held, seed=4)) is None
+
+
+@pytest.mark.slow
+def test_the_demo_models_shipped_samples_are_what_it_writes(gemma):
+    """The shipped file holds what sampling the demo model gives (a short spec drawn afresh), and the
+    second-moment corpus of a two-language run is read from it."""
+    model, tokenizer = gemma.model, gemma.tokenizer
+    assert model.harness_samples is not None
+    spec = model_text.SampleSpec("zh", 5, 5, model_text.PREFIX_TOP_K, 0)
+    assert model_text.shipped_samples(model, spec) == model_text.sample_texts(model, tokenizer, spec)
+    for language in ("en", "zh"):
+        corpus = model_text.corpus_spec(language, 2, tokens=20_000, seed=0)
+        assert len(model_text.shipped_samples(model, corpus)) == corpus.count == 79

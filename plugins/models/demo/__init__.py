@@ -131,7 +131,10 @@ def _smollm2_135m(cache: Path) -> Path:
 def register_models(register):
     register(
         ModelSource(
-            "gemma3-270m", "Gemma-3-270M base (GGUF Q4_K_M, en+zh), the default demo model", _gemma3_270m
+            "gemma3-270m",
+            "Gemma-3-270M base (GGUF Q4_K_M, en+zh), the default demo model",
+            _gemma3_270m,
+            samples=Path(__file__).with_name("gemma3-270m-samples.json"),  # see samples.py
         )
     )
     register(
