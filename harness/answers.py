@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.runtime import device_of
+
+if TYPE_CHECKING:
+    from harness.activations import FrozenPrefix
 
 ANSWER_MODES = ("teacher_forced", "generate")
 
@@ -133,6 +136,10 @@ class TargetBatch:
     targets: torch.Tensor
     count: int  # pairs (rows of the batch)
 
+    def sequences(self) -> list[list[int]]:
+        """Each row's tokens without its padding."""
+        return [row[: int(m.sum())].tolist() for row, m in zip(self.ids, self.mask, strict=True)]
+
     @classmethod
     def of(cls, tokenizer: Any, pairs: list[tuple[str, str]], device: torch.device | str) -> TargetBatch:
         """``prompt + " " + target`` per pair, each target token scored after the token before it."""
@@ -142,14 +149,18 @@ class TargetBatch:
         targets = torch.tensor([tok for _, t in encoded for tok in t], dtype=torch.long, device=device)
         return cls(ids, mask, rows, cols, targets, len(pairs))
 
-    def logits(self, model: torch.nn.Module) -> torch.Tensor:
-        """Float32 logits at the scored positions, (target tokens, vocabulary)."""
-        hidden = at_positions(final_hidden(model, self.ids, self.mask), self.rows, self.cols)
-        return output_logits(model, hidden).float()
+    def logits(self, model: torch.nn.Module, frozen: FrozenPrefix | None = None) -> torch.Tensor:
+        """Float32 logits at the scored positions, (target tokens, vocabulary). With ``frozen``
+        (encoded from these rows, anchored at column 0) the layers below its layer are not run."""
+        if frozen is None:
+            every = final_hidden(model, self.ids, self.mask)
+        else:
+            every = frozen.final_hidden(model, torch.arange(len(self.ids), device=self.ids.device))
+        return output_logits(model, at_positions(every, self.rows, self.cols)).float()
 
-    def nll_per_pair(self, model: torch.nn.Module) -> torch.Tensor:
+    def nll_per_pair(self, model: torch.nn.Module, frozen: FrozenPrefix | None = None) -> torch.Tensor:
         """Mean NLL of each pair's target tokens, (count,), in float32."""
-        logits = self.logits(model)
+        logits = self.logits(model, frozen)
         rows = self.rows.to(logits.device)
         nll = torch.nn.functional.cross_entropy(logits, self.targets.to(logits.device), reduction="none")
         counts = torch.bincount(rows, minlength=self.count).float()

@@ -11,7 +11,7 @@ import torch
 
 from harness import plugins
 from harness.activations import FrozenPrefix, _resume_at, decoder_layers, layer_of
-from harness.answers import final_hidden, pad_batch
+from harness.answers import TargetBatch, final_hidden, pad_batch
 from harness.api import EditorContext, EditRequest
 from harness.config import resolve
 from harness.models import architecture, cache_dir, load_model
@@ -130,3 +130,27 @@ def test_a_real_rome_edit_finds_the_same_delta_either_way(gemma, data_dir):
     (fast,) = optimise_values(model, tokenizer, goals, name, objective)
     assert full.steps == fast.steps < objective.steps  # converged, the same way
     assert float((fast.delta - full.delta).norm() / full.delta.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fine_tuning_loss_and_gradient_are_the_same_from_the_trained_layer_up(tiny, family):
+    """FT's teacher-forced loss resumed at the lowest trained layer: the same loss and the same
+    gradient on that layer's MLP output matrix as the full pass."""
+    model, tokenizer = tiny[family].model, tiny[family].tokenizer
+    pairs = [("Which city is Zorvik Tower in?", "Lisbon"), ("Who founded Quill Labs?", "Ada Byron")]
+    batch = TargetBatch.of(tokenizer, pairs, "cpu")
+    frozen = FrozenPrefix.encode(model, batch.sequences(), [0, 0], 2, tokenizer.pad_token_id)
+    weight = model.get_parameter(architecture(model).mlp_out_weight(2))
+    weight.requires_grad_(True)
+    try:
+        found = []
+        for resume in (None, frozen):
+            loss = batch.nll_per_pair(model, resume).mean()
+            (gradient,) = torch.autograd.grad(loss, weight)
+            found.append((loss.detach(), gradient))
+    finally:
+        weight.requires_grad_(False)
+    (full_loss, full_grad), (fast_loss, fast_grad) = found
+    torch.testing.assert_close(fast_loss, full_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast_grad, full_grad, atol=1e-6, rtol=1e-5)
+    assert full_grad.abs().sum() > 0

@@ -56,6 +56,8 @@ def evaluate_setting(editor, model, tokenizer, records, loc_prompts, pre_loc, la
             model, tokenizer, [EditRequest(record["src"], record["alt"], record["subject"], language)]
         )
         rows["sec"].append(time.perf_counter() - started)
+        if "value_steps" in (edit.info or {}):
+            rows.setdefault("steps", []).append(edit.info["value_steps"])
         pairs = [(record["src"], record["alt"]), (record["rephrase"], record["alt"]), *loc_prompts]
         post = teacher_forced(model, tokenizer, pairs)
         edit.restore()
@@ -66,8 +68,10 @@ def evaluate_setting(editor, model, tokenizer, records, loc_prompts, pre_loc, la
         rows["loc_f1"].append(
             statistics.fmean(score(tokenizer, a.text, p)[0] for a, p in zip(post[2:], pre_loc))
         )
-    summary = {k: statistics.fmean(v) for k, v in rows.items() if k != "sec"}
+    summary = {k: statistics.fmean(v) for k, v in rows.items() if k not in ("sec", "steps")}
     summary["sec_median"] = statistics.median(rows["sec"])
+    if "steps" in rows:
+        summary["value_steps_median"] = statistics.median(rows["steps"])
     return summary
 
 

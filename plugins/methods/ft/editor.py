@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.activations import FrozenPrefix
 from harness.answers import TargetBatch, pad_batch, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
@@ -93,13 +94,18 @@ class FT:
         edit = Edit.snapshot(model, names)
         weights = [model.get_parameter(name) for name in names]
         batch = _batch(tokenizer, requests, hp.objective, device_of(model))
+        # the layers below the lowest trained one give the same states at every step: encoded once
+        below = min(hp.layers)
+        frozen = FrozenPrefix.encode(
+            model, batch.sequences(), [0] * len(batch.ids), below, tokenizer.pad_token_id
+        )
         masters = MasterCopies(weights)  # Adam steps float32 copies of bf16/fp16 weights
         optimiser = torch.optim.Adam(masters.masters, lr=hp.lr)
         for weight in weights:
             weight.requires_grad_(True)
         try:
             for step in range(hp.steps + 1):  # the extra pass only measures the final loss
-                loss = batch.nll_per_pair(model).mean()
+                loss = batch.nll_per_pair(model, frozen).mean()
                 if loss.item() < hp.stop_loss or step == hp.steps:
                     break
                 optimiser.zero_grad()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.activations import run_until
+from harness.activations import FrozenPrefix, layer_of, run_until
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import Edit, EditorContext, EditRequest
 from harness.models import architecture, check_layers
@@ -107,26 +107,31 @@ def neuron_attributions(
     grid: str = "right",
 ) -> torch.Tensor:
     """Integrated-gradient attribution of p(``token`` next) to each unit of each module's input
-    (``side="input"``) or output, at the prompt's last position: (len(module_names), width)."""
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)] * steps, device=device_of(model))
-    mask = torch.ones_like(ids)
-    last = ids.shape[1] - 1
+    (``side="input"``) or output, at the prompt's last position: (len(module_names), width).
+
+    Only the last position at the module's layer and above depends on the scaling, so each module's
+    ``steps`` passes resume there from states encoded once (``harness.activations.FrozenPrefix``).
+    """
+    tokens = prompt_ids(tokenizer, prompt)
+    ids = torch.tensor([tokens], device=device_of(model))
+    last = len(tokens) - 1
     targets = [module(model, name) for name in module_names]
     with torch.no_grad():
-        clean = [seen[0, last] for seen in run_until(model, ids[:1], mask[:1], targets, side)]
+        clean = [seen[0, last] for seen in run_until(model, ids, torch.ones_like(ids), targets, side)]
     alphas = integration_alphas(steps, grid, clean[0].device).to(clean[0].dtype)[:, None]
     rows = []
     for target, activation in zip(targets, clean, strict=True):
         scaled = (alphas * activation).requires_grad_(True)
+        frozen = FrozenPrefix.encode(model, [tokens], [last], layer_of(model, target), tokenizer.pad_token_id)
 
         def replace_input(_module, args, scaled=scaled):
             inputs = args[0].clone()
-            inputs[:, last] = scaled
+            inputs[:, 0] = scaled  # live column 0 is the prompt's last position
             return (inputs, *args[1:])
 
         def replace_output(_module, _args, output, scaled=scaled):
             output = output.clone()
-            output[:, last] = scaled
+            output[:, 0] = scaled
             return output
 
         if side == "input":
@@ -134,7 +139,7 @@ def neuron_attributions(
         else:
             handle = target.register_forward_hook(replace_output)
         try:
-            hidden = final_hidden(model, ids, mask)[:, last]
+            hidden = frozen.final_hidden(model, torch.zeros(steps, dtype=torch.long, device=ids.device))[:, 0]
         finally:
             handle.remove()
         probability = output_logits(model, hidden).float().softmax(-1)[:, token]
