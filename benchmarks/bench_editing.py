@@ -13,19 +13,19 @@ import os
 import resource
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from harness import plugins
-from harness.answers import pad_batch, prompt_ids, target_ids, teacher_forced
+from harness.answers import prompt_ids, target_ids, teacher_forced
 from harness.api import EditorContext, EditRequest
 from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
-from harness.runtime import device_of
 from harness.templates import Templates
-from harness.weight_editing import optimise_values, subject_goals
+from harness.weight_editing import optimise_values, subject_goals, subject_last_token
 
 
 def matmul_rate(tokens: int, d_in: int, d_out: int, repeats: int = 20) -> float:
@@ -39,14 +39,16 @@ def matmul_rate(tokens: int, d_in: int, d_out: int, repeats: int = 20) -> float:
     return 2 * tokens * d_in * d_out * repeats / (time.perf_counter() - started) / 1e9
 
 
-def step_flops(model, padded_tokens: int, scored_rows: int, layer: int) -> float:
-    """FLOPs of one value-optimisation step: body forward, backward (activation gradients only) from
-    the edited layer up, and the output head forward and backward on the scored rows only."""
+def step_flops(model, tokens: int, scored_rows: int, layer: int, from_layer: bool) -> float:
+    """FLOPs of one value-optimisation step on ``tokens`` (padded) positions: body forward (every
+    layer, or with ``from_layer`` only the edited one and above), backward (activation gradients
+    only) from the edited layer up, and the output head forward and backward on the scored rows."""
     body = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n or ".h." in n)
     n_layers = model.config.num_hidden_layers
     head = model.get_output_embeddings().weight.numel()
-    forward = 2 * body * padded_tokens + 2 * head * scored_rows
-    backward = 2 * body * padded_tokens * (n_layers - layer) / n_layers + 2 * head * scored_rows
+    upper = body * (n_layers - layer) / n_layers
+    forward = 2 * (upper if from_layer else body) * tokens + 2 * head * scored_rows
+    backward = 2 * upper * tokens + 2 * head * scored_rows
     return forward + backward
 
 
@@ -81,12 +83,13 @@ def main() -> None:
 
     pairs = [(p.prompt, p.expected) for r in records for p in r.probes]
     teacher_forced(model, tokenizer, pairs[:4])
-    runs = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        teacher_forced(model, tokenizer, pairs, batch_size=16)
-        runs.append(len(pairs) / (time.perf_counter() - started))
-    figures["probe_answers_per_second"] = statistics.median(runs)
+    for size in (16, 64):
+        runs = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            teacher_forced(model, tokenizer, pairs, batch_size=size)
+            runs.append(len(pairs) / (time.perf_counter() - started))
+        figures[f"probe_answers_per_second_batch{size}"] = statistics.median(runs)
 
     requests = [r.request for r in records]
     for name in ("rome", "ft-m", "ft-l"):
@@ -111,33 +114,37 @@ def main() -> None:
 
 
 def value_step(editor, model, tokenizer, request: EditRequest, repeats: int) -> dict[str, float]:
-    """Median seconds per value-optimisation step (forced to run every step) beside its FLOP estimate."""
+    """Median seconds per value-optimisation step (forced to run every step), recomputing the whole
+    prompt and skipping the frozen part, each beside its FLOP estimate at the measured matmul rate."""
     hp = editor.hparams
     arch = architecture(model)
     lengths = [(n, hp.contexts_per_length) for n in hp.context_lengths]
     prefixes = context_prefixes(model, tokenizer, request.language, 0, cache_dir(), lengths)
     texts = [p + request.prompt for p in prefixes]
     steps = 5
-    objective = hp.objective()
-    objective = type(objective)(**{**objective.__dict__, "steps": steps, "stop_loss": -1.0})
     goal = target_ids(tokenizer, request.target)
     (task,) = subject_goals([request], [tuple(texts)], [1.0])
-    per_step = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        optimise_values(model, tokenizer, [task], arch.mlp_out.format(hp.layer), objective)
-        per_step.append((time.perf_counter() - started) / steps)
-    ids, _ = pad_batch([prompt_ids(tokenizer, t) + goal for t in texts], 0, device_of(model))
-    flops = step_flops(model, ids.numel(), len(texts) * len(goal) + 1, hp.layer)
-    rate = matmul_rate(ids.numel(), model.config.hidden_size, model.config.intermediate_size)
-    measured = statistics.median(per_step)
-    return {
-        "rome_value_step_seconds_median": measured,
-        "rome_value_step_gflop_estimate": flops / 1e9,
-        "matmul_gflops_measured": rate,
-        "rome_value_step_seconds_at_matmul_rate": flops / 1e9 / rate,
-        "rome_value_step_ratio_measured_to_estimate": measured / (flops / 1e9 / rate),
-    }
+    sequences = [prompt_ids(tokenizer, t) + goal[:-1] for t in texts]
+    anchors = [subject_last_token(tokenizer, t, request.subject) for t in texts]
+    live = max(len(s) - a for s, a in zip(sequences, anchors)) * len(texts)
+    rate = matmul_rate(len(texts) * 32, model.config.hidden_size, model.config.intermediate_size)
+    figures = {"matmul_gflops_measured": rate}
+    for name, skip, tokens in (
+        ("whole_prompt", False, len(texts) * max(len(s) for s in sequences)),
+        ("skip_frozen", True, live),
+    ):
+        objective = replace(hp.objective(), steps=steps, stop_loss=0.0, skip_frozen=skip)
+        per_step = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            optimise_values(model, tokenizer, [task], arch.mlp_out.format(hp.layer), objective)
+            per_step.append((time.perf_counter() - started) / steps)
+        flops = step_flops(model, tokens, len(texts) * len(goal) + 1, hp.layer, skip)
+        measured = statistics.median(per_step)
+        figures[f"rome_value_step_{name}_seconds_median"] = measured
+        figures[f"rome_value_step_{name}_gflop_estimate"] = flops / 1e9
+        figures[f"rome_value_step_{name}_ratio_measured_to_estimate"] = measured / (flops / 1e9 / rate)
+    return figures
 
 
 if __name__ == "__main__":
