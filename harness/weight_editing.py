@@ -356,16 +356,8 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
         rows = torch.cat([packed.rows[g] for g in active])
         per_row = torch.stack([deltas[g] for g in active for _ in packed.rows[g]])
         hidden, shift = _with_deltas(model, packed, frozen, target, rows, per_row)
-        picked, offset = [], 0
-        for g in active:  # every goal's scored rows, so the output head runs once per step
-            n_rows = len(packed.rows[g])
-            goal_cols = packed.goal_cols[g] - shift[offset : offset + n_rows - 1, None]
-            prompt_rows = torch.arange(offset, offset + n_rows - 1, device=device)[:, None]
-            picked.append(at_positions(hidden, prompt_rows, goal_cols).flatten(0, 1))
-            essence_col = packed.essence_cols[g] - shift[offset + n_rows - 1]
-            picked.append(hidden[offset + n_rows - 1, essence_col.to(hidden.device)][None])
-            offset += n_rows
-        log_probs = output_logits(model, torch.cat(picked)).to(MASTER_DTYPE).log_softmax(-1)
+        scored_states = _scored_states(packed, active, hidden, shift)
+        log_probs = output_logits(model, scored_states).to(MASTER_DTYPE).log_softmax(-1)
         sizes = [len(packed.goal_tokens[g]) * (len(packed.rows[g]) - 1) + 1 for g in active]
         still_active, total = [], 0.0
         for g, scored in zip(active, log_probs.split(sizes), strict=True):
@@ -397,6 +389,21 @@ def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[Val
     for result in results:
         result.delta = result.delta.detach()
     return results
+
+
+def _scored_states(packed: _Packed, active: list[int], hidden: torch.Tensor, shift: torch.Tensor):
+    """Every active goal's hidden states at its target positions, then at its essence position, in
+    one matrix so that the output head runs once per step. ``shift``: each row's first column."""
+    picked, offset = [], 0
+    for g in active:
+        n_rows = len(packed.rows[g])
+        goal_cols = packed.goal_cols[g] - shift[offset : offset + n_rows - 1, None]
+        prompt_rows = torch.arange(offset, offset + n_rows - 1, device=shift.device)[:, None]
+        picked.append(at_positions(hidden, prompt_rows, goal_cols).flatten(0, 1))
+        essence_col = packed.essence_cols[g] - shift[offset + n_rows - 1]
+        picked.append(hidden[offset + n_rows - 1, essence_col.to(hidden.device)][None])
+        offset += n_rows
+    return torch.cat(picked)
 
 
 def _with_deltas(model, packed: _Packed, frozen: FrozenPrefix | None, target, rows, per_row):
