@@ -67,13 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--records", type=int, default=5)
+    parser.add_argument("--task", default="bizsre_en_zh", help="bizsre_zh_en: the same with Chinese edits")
+    parser.add_argument("--editors", default="rome,ft-m,ft-l", help="comma-separated; memit too")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data_dir = Path(os.environ["HARNESS_DATA_DIR"]) if os.environ.get("HARNESS_DATA_DIR") else None
-    task = plugins.tasks()["bizsre_en_zh"]
+    task = plugins.tasks()[args.task]
     records = load_task_records(task, data_dir, task.template, Templates(), args.records)
     loaded = load_model(args.model, plugins.models())
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -92,7 +94,7 @@ def main() -> None:
         figures[f"probe_answers_per_second_batch{size}"] = statistics.median(runs)
 
     requests = [r.request for r in records]
-    for name in ("rome", "ft-m", "ft-l"):
+    for name in args.editors.split(","):
         if name not in editors:
             continue
         editor_class = editors[name]
