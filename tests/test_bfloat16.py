@@ -25,8 +25,9 @@ RELIABILITY = "reliability.en.f1"
 EDITORS = ["ft-l", "ft-m", "ike", "kn", "memit", "mend", "rome", "serac"]
 # fewer context prefixes, steps and layers than the tuned defaults keep both runs short on a CPU,
 # where bfloat16 is slower than float32; both dtypes use the same settings
-LIGHTER = {  # ROME keeps its tuned settings: with one context prefix, bf16 lost a record (83 vs 100 F1)
-    "memit": {"contexts_per_length": 1},
+# ROME and MEMIT keep their tuned settings: with one context prefix a borderline record's value
+# optimisation ends apart in bf16 and fp32 (both ways of running the steps; 83 or 86 vs 100 F1)
+LIGHTER = {
     "kn": {"layers": "10,11", "steps": 5},
     "ike": {"pool_size": 1000},
 }
