@@ -154,29 +154,13 @@ class FrozenPrefix:
                 position_ids=tensor(prefix_pos),
                 use_cache=True,
             ).past_key_values
-        frozen = cls(
-            layer=layer,
-            anchors=tensor(list(anchors)),
-            ids=tensor(ids),
-            mask=tensor([p + m for p, m in zip(prefix_mask, live_mask, strict=True)]),
-            positions=tensor(positions),
-            states=states,
-            layer_input=torch.empty(0),
-        )
+        live_ids, positions_t = tensor(ids), tensor(positions)
+        full_mask = tensor([p + m for p, m in zip(prefix_mask, live_mask, strict=True)])
         entry = decoder_layers(model)[layer]
-        (frozen.layer_input,) = run_until(
-            model, frozen.ids, frozen.mask, [entry], "input", **frozen._cache_inputs(None)
+        (layer_input,) = run_until(
+            model, live_ids, full_mask, [entry], "input", **_cache_inputs(states, positions_t)
         )
-        return frozen
-
-    def _cache_inputs(self, rows: torch.Tensor | None) -> dict[str, Any]:
-        positions = self.positions if rows is None else self.positions[rows]
-        if self.states is None:
-            return {"position_ids": positions}
-        states = copy.deepcopy(self.states)  # the model appends the live columns to what it is given
-        if rows is not None:
-            states.batch_select_indices(rows.to(self.ids.device))
-        return {"position_ids": positions, "past_key_values": states, "use_cache": True}
+        return cls(layer, tensor(list(anchors)), live_ids, full_mask, positions_t, states, layer_input)
 
     def final_hidden(self, model, rows: torch.Tensor) -> torch.Tensor:
         """Last hidden states (after the final norm) at the live columns of ``rows``: (rows, live, d).
@@ -184,5 +168,17 @@ class FrozenPrefix:
         rows = rows.to(self.ids.device)
         with _resume_at(model, self.layer, self.layer_input[rows.to(self.layer_input.device)]):
             return model.base_model(
-                input_ids=self.ids[rows], attention_mask=self.mask[rows], **self._cache_inputs(rows)
+                input_ids=self.ids[rows],
+                attention_mask=self.mask[rows],
+                **_cache_inputs(self.states, self.positions[rows], rows),
             ).last_hidden_state
+
+
+def _cache_inputs(states: Any, positions: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, Any]:
+    """Position ids and a fresh copy of the prefix's states (of ``rows``) for a pass over live columns."""
+    if states is None:
+        return {"position_ids": positions}
+    states = copy.deepcopy(states)  # the model appends the live columns to what it is given
+    if rows is not None:  # CPU indices select on every device a device map spreads the layers over
+        states.batch_select_indices(rows.cpu())
+    return {"position_ids": positions, "past_key_values": states, "use_cache": True}
