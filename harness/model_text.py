@@ -9,6 +9,7 @@ calls, so a first run on that model samples nothing (and every device and dtype 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -105,10 +106,15 @@ def shipped_samples(model, spec: SampleSpec) -> list[str] | None:
     path = getattr(model, "harness_samples", None)
     if path is None:
         return None
-    for entry in json.loads(Path(path).read_text(encoding="utf-8"))["samples"]:
-        if SampleSpec(**entry["spec"]) == spec:
-            return list(entry["texts"])
-    return None
+    texts = _shipped_file(Path(path)).get(spec)
+    return list(texts) if texts is not None else None
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_file(path: Path) -> dict[SampleSpec, tuple[str, ...]]:
+    """A samples file by spec, read once per process (every edit asks for its prefixes)."""
+    entries = json.loads(path.read_text(encoding="utf-8"))["samples"]
+    return {SampleSpec(**entry["spec"]): tuple(entry["texts"]) for entry in entries}
 
 
 def write_samples(model, tokenizer, specs: Iterable[SampleSpec], path: Path, made_with: dict) -> None:
