@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from harness.answers import pad_batch, prompt_ids
 from harness.results import write_json
 from harness.runtime import device_of
-
-log = logging.getLogger(__name__)
 
 STARTERS = {"en": ["The", "Therefore", "Because", "I", "You"], "zh": ["这", "因此", "因为", "我", "你"]}
 PREFIX_TOP_K = 5  # context prefixes: short, likely continuations
