@@ -25,7 +25,8 @@ from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
 from harness.templates import Templates
-from harness.weight_editing import optimise_values, subject_goals, subject_last_token
+from harness.weight_editing.keys import subject_last_token
+from harness.weight_editing.values import optimise_values, subject_goals
 
 
 def matmul_rate(tokens: int, d_in: int, d_out: int, repeats: int = 20) -> float:

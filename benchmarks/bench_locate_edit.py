@@ -27,7 +27,7 @@ from harness.config import resolve
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
 from harness.templates import Templates
-from harness.weight_editing import SecondMomentSettings, moment_corpus, second_moments
+from harness.weight_editing.second_moments import SecondMomentSettings, moment_corpus, second_moments
 
 
 def _status_kib(field: str) -> int:

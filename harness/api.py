@@ -1,7 +1,9 @@
-"""The nouns every plugin speaks: records, edit requests, probes, edits; Editor and Task protocols."""
+"""The nouns every plugin speaks: records, edit requests, probes, edits; the Editor base class and
+the Task protocols."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -189,37 +191,93 @@ class EditorContext:
     protocol: str = ""  # the task's scoring profile (harness.protocols), for editors that follow one
 
 
-class Editor(Protocol):
-    """An editing method. ``hparams_class`` is a dataclass; the harness builds and passes an instance."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What an editor can do, declared once on its class; the harness reads nothing else about it.
+
+    ``batch``: several requests per ``apply`` call (the batch modes). ``in_weights``: its edits live
+    in the weights, so they can accumulate (the sequential modes); editors whose edits live in a
+    context or a memory say False. ``changes_model``: False for an editor whose model is the
+    unedited one (ability tasks may run with it). ``locates_subject``: it finds the subject's tokens
+    in the prompt, so the harness aligns every request's subject with its prompt first
+    (``harness.subjects``). ``trains``: it learns from training data first (``Editor.train``,
+    ``harness train``).
+    """
+
+    batch: bool = False
+    in_weights: bool = True
+    changes_model: bool = True
+    locates_subject: bool = False
+    trains: bool = False
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The editing modes these capabilities allow."""
+        accumulating = ("sequential",) if self.in_weights else ()
+        batched = (("batch", "batch-sequential") if self.in_weights else ("batch",)) if self.batch else ()
+        return ("single", *accumulating, *batched)
+
+
+class EditorNotPrepared(RuntimeError):
+    """``apply`` was called before ``prepare``."""
+
+
+class Editor(abc.ABC):
+    """An editing method. Subclasses name their hparams dataclass, declare ``capabilities``, and
+    implement ``edit`` (``setup`` when they need one-off work, ``train`` when they train).
+
+    The harness calls ``prepare`` once, then ``apply`` per edit call; the base class refuses an
+    ``apply`` before ``prepare`` and more requests per call than ``capabilities`` allow, so editors
+    do not repeat those checks.
+    """
 
     hparams_class: ClassVar[type]
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, hparams: Any) -> None: ...
+    def __init__(self, hparams: Any) -> None:
+        self.hparams = hparams
+        self.context: EditorContext | None = None
 
     def prepare(self, model: torch.nn.Module, tokenizer: Any, context: EditorContext) -> None:
-        """One-off work before the first edit (statistics, generated context texts); cached."""
+        """Record the run's context, then do the editor's one-off work (``setup``)."""
+        self.context = context
+        try:
+            self.setup(model, tokenizer, context)
+        except BaseException:
+            self.context = None
+            raise
 
     def apply(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
-        """Edit the model in place and return an Edit that can restore it."""
+        """Edit the model in place (``edit``) and return an Edit that can restore it."""
+        label = type(self).__name__
+        if self.context is None:
+            raise EditorNotPrepared(f"{label}: prepare() must run before apply()")
+        if not requests:
+            raise ValueError(f"{label}: no requests to apply")
+        if len(requests) > 1 and not self.capabilities.batch:
+            raise ValueError(f"{label} edits one fact per call, got {len(requests)} requests")
+        return self.edit(model, tokenizer, requests)
 
-    # Optional: ``modes``, the editing modes it supports (see ``editor_modes``).
-    # Optional: ``locates_subject = True`` for editors that find the subject's tokens in the prompt:
-    # the harness aligns each request's subject with its prompt first (``harness.subjects``).
-    # Optional: ``template_names() -> tuple[str, ...]``, the templates the editor renders. Their
-    # hashes join the run's manifest before ``prepare``, so editing a template starts a new run
-    # instead of resuming an old one.
+    def setup(self, model: torch.nn.Module, tokenizer: Any, context: EditorContext) -> None:  # noqa: B027
+        """One-off work before the first edit (statistics, generated context texts); cached."""
 
+    @abc.abstractmethod
+    def edit(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
+        """Edit the model in place for ``requests``; ``self.context`` is set."""
 
-def editor_modes(editor_class: type) -> tuple[str, ...]:
-    """The editing modes an editor supports: its ``modes`` attribute or, without one, single and
-    sequential, plus batch and batch-sequential if it ``supports_batch``. Accumulating modes keep
-    edits in the weights, so editors whose edits live elsewhere (a context, a memory) declare
-    ``modes`` without them."""
-    declared = getattr(editor_class, "modes", None)
-    if declared is not None:
-        return tuple(declared)
-    batched = ("batch", "batch-sequential") if getattr(editor_class, "supports_batch", False) else ()
-    return ("single", "sequential", *batched)
+    def template_names(self) -> tuple[str, ...]:
+        """The templates it renders. Their hashes join the run's manifest before ``prepare``, so
+        editing a template starts a new run instead of resuming an old one."""
+        return ()
+
+    def train(self, model: torch.nn.Module, tokenizer: Any, session: Any, context: EditorContext) -> dict:
+        """Editors with ``capabilities.trains``: learn from ``session`` (a ``harness.training``
+        TrainingSession) and store the checkpoint ``prepare`` loads; returns the training summary."""
+        raise NotImplementedError(f"{type(self).__name__} does not train")
+
+    def checkpoint_extra(self) -> dict[str, str] | None:
+        """Editors that train: what beyond the training hparams keys their checkpoint."""
+        return None
 
 
 class Task(Protocol):

@@ -10,10 +10,15 @@ import os
 import sys
 from pathlib import Path
 
-from harness import plugins
-from harness.api import editor_modes, is_ability
+from harness import exit_codes, plugins
+from harness.api import is_ability
 from harness.config import EDIT_MODES
+from harness.results import OutputLocked
 from harness.runtime import DEVICE_MAPS, DTYPE_CHOICES
+from harness.training import TrainingRequired
+
+# errors that mean the command was used wrongly (its message names the option, setting, name or file)
+USAGE_ERRORS = (ValueError, plugins.UnknownName, FileNotFoundError, TrainingRequired, OutputLocked)
 
 
 def _run(args) -> int:
@@ -105,7 +110,7 @@ def _ls(args) -> int:
     if args.what == "editors":
         for name, cls in sorted(plugins.editors().items()):
             summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{name:16} {summary}  [modes: {', '.join(editor_modes(cls))}]")
+            print(f"{name:16} {summary}  [modes: {', '.join(cls.capabilities.modes)}]")
     elif args.what == "tasks":
         from harness.config import data_dir_setting
 
@@ -150,7 +155,7 @@ def _validate(args) -> int:
             examples = task.examples(data_dir)
         except ValueError as problems:  # every bad record, by line and field
             print(problems)
-            return 1
+            return exit_codes.CHECK_FAILED
         print(f"{task.name}: {len(examples)} examples after the demonstrations, 0 problem(s)")
         return 0
     raw = task.load_raw(data_dir)
@@ -158,7 +163,7 @@ def _validate(args) -> int:
     for issue in issues:
         print(issue)
     print(f"{task.name}: {len(raw)} records, {len(issues)} problem(s)")
-    return 1 if issues else 0
+    return exit_codes.CHECK_FAILED if issues else exit_codes.OK
 
 
 def _score(args) -> int:
@@ -241,7 +246,12 @@ def _placement_arguments(command: argparse.ArgumentParser, device_map: bool) -> 
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="harness", description="Evaluate knowledge editors on editing tasks.")
+    top = argparse.ArgumentParser(
+        prog="harness",
+        description="Evaluate knowledge editors on editing tasks.",
+        epilog=exit_codes.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="edit and evaluate")
@@ -355,9 +365,10 @@ def parser() -> argparse.ArgumentParser:
     compare = sub.add_parser(
         "compare",
         help="compare a results.json with a baseline one, metric by metric",
-        description="Exit code 0: every metric within tolerance; 1: a metric moved beyond it, is missing or "
-        "new; 2: the runs are not comparable (differing model, data, templates, task, samples, scoring or "
-        "editing settings; each is named) or an input is not a results.json.",
+        description=f"Exit code {exit_codes.OK}: every metric within tolerance; {exit_codes.CHECK_FAILED}: "
+        f"a metric moved beyond it, is missing or new; {exit_codes.NOT_COMPARABLE}: the runs are not "
+        "comparable (differing model, data, templates, task, samples, scoring or editing settings; each "
+        f"is named); {exit_codes.USAGE}: an input is not a results.json or an option is wrong.",
     )
     compare.add_argument("results", help="results.json (or the run directory holding it)")
     compare.add_argument("--baseline", required=True, help="the results.json to compare against")
@@ -392,13 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted; finished edits are kept, run the same command to resume", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one clear line instead of a traceback
         if os.environ.get("HARNESS_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
         print("(set HARNESS_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE if isinstance(error, USAGE_ERRORS) else exit_codes.FAILED
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from harness import exit_codes
 from harness.results import RESULTS, SAMPLES, data_files
 from harness.uncertainty import (
     CONFIDENCE,
@@ -227,10 +228,10 @@ class Comparison:
 
     @property
     def exit_code(self) -> int:
-        """2: the runs are not comparable; 1: a metric moved, is missing or new; 0: all within tolerance."""
+        """``harness.exit_codes``: not comparable, a metric moved (or is missing or new), or OK."""
         if self.refusals:
-            return 2
-        return 1 if any(row.status != OK for row in self.rows) else 0
+            return exit_codes.NOT_COMPARABLE
+        return exit_codes.CHECK_FAILED if any(row.status != OK for row in self.rows) else exit_codes.OK
 
 
 def _is_number(value: Any) -> bool:

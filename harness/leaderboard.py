@@ -135,7 +135,7 @@ def _check_values(raw: dict[str, Any], path: Path) -> None:
 
 
 def _trains(editor: str) -> bool:
-    return callable(getattr(plugins.lookup("editor", editor, plugins.editors()), "train", None))
+    return plugins.lookup("editor", editor, plugins.editors()).capabilities.trains
 
 
 def run_entry(

@@ -13,16 +13,22 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs, metrics
+from harness.api import Editor
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "harness"
 LOAD_ENV = "HARNESS_LOAD_PLUGINS"
+CORE_DISTRIBUTION = "kedit-harness"  # its plugins are part of the harness: one that fails is an error
 
 pm = pluggy.PluginManager("harness")
 pm.add_hookspecs(hookspecs)
 _loaded = False
 _distributions: dict[str, importlib.metadata.Distribution] = {}
+
+
+class BrokenInstallation(RuntimeError):
+    """A built-in plugin failed to import: the installation of the harness itself is broken."""
 
 
 class UnknownName(KeyError):
@@ -42,7 +48,8 @@ def _selected() -> set[str] | None:
 def load_plugins() -> pluggy.PluginManager:
     """Load core defaults, then every entry point (or only those named in HARNESS_LOAD_PLUGINS).
 
-    A plugin that fails to import is reported with a warning naming it; the rest still load.
+    A third-party plugin that fails to import is reported with a warning naming it and the rest still
+    load; a built-in one that fails is an error (``BrokenInstallation``).
     """
     global _loaded
     if _loaded:
@@ -66,8 +73,15 @@ def load_plugins() -> pluggy.PluginManager:
             continue
         try:
             module = entry_point.load()
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not break the harness
+        except Exception as error:  # noqa: BLE001 - a broken third-party plugin must not break the harness
             dist = entry_point.dist.name if entry_point.dist else "?"
+            if dist == CORE_DISTRIBUTION:
+                _loaded = False
+                pm.unregister(name="harness.metrics")
+                raise BrokenInstallation(
+                    f"built-in plugin {entry_point.name!r} failed to import "
+                    f"({type(error).__name__}: {error}); reinstall {CORE_DISTRIBUTION}"
+                ) from error
             log.warning(
                 "plugin %r (from %s) failed to load and is skipped: %s", entry_point.name, dist, error
             )
@@ -138,10 +152,15 @@ def call(hook_name: str, **arguments: Any) -> list[Any]:
     return [result for result in results if result is not None]
 
 
-def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
-    """Everything plugins register through ``hook_name``, by name. A plugin whose hook raises, or that
-    registers a name that is not one safe path component, is left out with a warning naming it (the
-    others still count); a name two plugins register is an error."""
+def _is_builtin(plugin_name: str) -> bool:
+    dist = _distributions.get(plugin_name)
+    return dist is not None and dist.name == CORE_DISTRIBUTION
+
+
+def _collect(hook_name: str, key, check=None, **arguments: Any) -> dict[str, Any]:
+    """Everything plugins register through ``hook_name``, by name. A plugin whose hook raises, that
+    registers a name that is not one safe path component, or a value ``check`` refuses, is left out
+    with a warning naming it (the others still count); a name two plugins register is an error."""
     load_plugins()
     found: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -157,6 +176,8 @@ def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
                 )
             if name in found or name in mine:
                 raise DuplicateName(f"two plugins register the {hook_name[9:-1]} {name!r}")
+            if check is not None:
+                check(name, args[-1])
             mine[name] = args[-1]
 
         try:
@@ -164,6 +185,9 @@ def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
         except PluginError as error:
             if isinstance(error.__cause__, DuplicateName):
                 raise error.__cause__ from None
+            if _is_builtin(impl.plugin_name):
+                broken = f"{error} (a built-in plugin: reinstall {CORE_DISTRIBUTION})"
+                raise BrokenInstallation(broken) from error
             if (hook_name, impl.plugin_name) not in _warned:
                 log.warning("%s; its registrations are left out", error)
                 _warned.add((hook_name, impl.plugin_name))
@@ -174,8 +198,16 @@ def _collect(hook_name: str, key, **arguments: Any) -> dict[str, Any]:
     return found
 
 
-def editors() -> dict[str, type]:
-    return _collect("register_editors", lambda args: args[0])
+def _check_editor(name: str, editor_class: Any) -> None:
+    if not (isinstance(editor_class, type) and issubclass(editor_class, Editor)):
+        raise TypeError(
+            f"editor {name!r}: {editor_class!r} is not a subclass of harness.api.Editor (the contract: "
+            "hparams_class, capabilities, edit(); see docs/writing-an-editor.md)"
+        )
+
+
+def editors() -> dict[str, type[Editor]]:
+    return _collect("register_editors", lambda args: args[0], _check_editor)
 
 
 def tasks(data_dir: Path | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 
 from harness import abilities, plugins, protocols, provenance, shards, subjects, training, uncertainty
 from harness import config as config_module
-from harness.api import ABILITY, Edit, EditorContext, EditRequest, editor_modes, is_ability
+from harness.api import ABILITY, Edit, EditorContext, EditRequest, is_ability
 from harness.evaluator import RunContext, Scorer, evaluate
 from harness.models import cache_dir, file_sha256, load_model
 from harness.results import (
@@ -130,7 +130,7 @@ def _run_ability(
     progress: bool,
 ) -> dict[str, Any]:
     """An ability task on the unedited model (its result is the cached baseline ``--then`` compares to)."""
-    if getattr(editor_class, "changes_model", True):
+    if editor_class.capabilities.changes_model:
         raise config_module.ConfigError(
             f"task {task.name} measures a model, not an edit: run it with an editor that changes nothing "
             f"(--editor none), or after edits: harness run --editor {editor} --task <editing task> "
@@ -260,10 +260,10 @@ def run(
         ability_limit = cfg.ability_limit if limit is None else cfg.limit
         return _run_ability(editor, editor_class, task_obj, cfg, ability_limit, started, progress)
     then = [_ability_task(name, registered, cfg.ability_protocol) for name in _names(cfg.then)]
-    if cfg.mode not in editor_modes(editor_class):
-        able = sorted(n for n, c in plugins.editors().items() if cfg.mode in editor_modes(c))
+    if cfg.mode not in editor_class.capabilities.modes:
+        able = sorted(n for n, c in plugins.editors().items() if cfg.mode in c.capabilities.modes)
         raise config_module.ConfigError(
-            f"--mode {cfg.mode}: editor {editor!r} supports {list(editor_modes(editor_class))}; "
+            f"--mode {cfg.mode}: editor {editor!r} supports {list(editor_class.capabilities.modes)}; "
             f"editors that support {cfg.mode}: {able}"
         )
     if cfg.threads:
@@ -275,7 +275,7 @@ def run(
     data_files = {str(p): file_sha256(p) for p in task_obj.data_files(data_path)}
     then_setups = [abilities.AbilitySetup.of(t, data_path, cfg.ability_limit) for t in then]
     aligned = None
-    if getattr(editor_class, "locates_subject", False):
+    if editor_class.capabilities.locates_subject:
         aligned = subjects.align_records(records, cfg.subject_fallback, cfg.subject_fuzzy_threshold)
         if records and not aligned.records:
             raise DataError(
@@ -300,7 +300,7 @@ def run(
         scoring = AutoTokenizer.from_pretrained(cfg.scoring_tokenizer)
     hparams = dataclasses.asdict(resolved.hparams)
     editor_obj = editor_class(resolved.hparams)
-    for name in getattr(editor_obj, "template_names", tuple)():
+    for name in editor_obj.template_names():
         templates.hash(name)
     run_config = {
         k: v
@@ -474,8 +474,8 @@ def train(
     same settings finds it; a finished checkpoint is not trained again, an interrupted one resumes.
     """
     editor_class = plugins.lookup("editor", editor, plugins.editors())
-    if not callable(getattr(editor_class, "train", None)):
-        trainable = sorted(n for n, c in plugins.editors().items() if callable(getattr(c, "train", None)))
+    if not editor_class.capabilities.trains:
+        trainable = sorted(n for n, c in plugins.editors().items() if c.capabilities.trains)
         raise config_module.ConfigError(
             f"editor {editor!r} needs no training; editors that train: {trainable}"
         )
@@ -508,7 +508,7 @@ def train(
     train_examples, validation = training.split(data, hparams)
     loaded = load_model(cfg.model, plugins.models(), cfg.placement())
     editor_obj = editor_class(hparams)
-    extra = editor_obj.checkpoint_extra() if hasattr(editor_obj, "checkpoint_extra") else None
+    extra = editor_obj.checkpoint_extra()
     directory = training.checkpoint_dir(editor, hparams, loaded.fingerprint, data, extra)
     if (directory / training.CHECKPOINT).is_file():
         log.info("already trained: %s", directory)

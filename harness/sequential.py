@@ -4,7 +4,7 @@ probed on the model that holds all of them, and the original weights come back a
 A run that dies resumes: after each edit call the current value of every tensor touched so far is
 saved (``accumulated.pt``, with the originals), so a restart loads the weights instead of editing
 again. Edits must therefore live in the weights, which is why editors whose edits live elsewhere
-do not offer these modes (``harness.api.editor_modes``).
+do not offer these modes (``harness.api.Capabilities``).
 """
 
 from __future__ import annotations

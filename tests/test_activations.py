@@ -17,7 +17,8 @@ from harness.config import resolve
 from harness.models import architecture, cache_dir, load_model
 from harness.runner import load_task_records
 from harness.templates import Templates
-from harness.weight_editing import ValueObjective, optimise_values, subject_goals, subject_keys
+from harness.weight_editing.keys import subject_keys
+from harness.weight_editing.values import ValueObjective, optimise_values, subject_goals
 
 FAMILIES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2")
 

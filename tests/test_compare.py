@@ -185,7 +185,7 @@ def test_each_refusal_is_named_with_both_values(current, baseline, path, value):
     old = holder[last]
     holder[last] = value
     comparison = compare(current, baseline, [])
-    assert [d.field for d in comparison.refusals] == [path] and comparison.exit_code == 2
+    assert [d.field for d in comparison.refusals] == [path] and comparison.exit_code == 3
     text = render(comparison)
     assert text.startswith("refused:") and f"--allow-config-mismatch {path}" in text
     line = next(line for line in text.splitlines() if line.strip().startswith(f"{path}:"))
@@ -215,7 +215,7 @@ def test_all_refusals_listed_together_and_allowed_ones_become_notes(current, bas
     current["scoring"]["tokenizer"] = "model:other"
     assert refusal_fields(current, baseline) == ["model.sha256", "scoring.tokenizer"]
     partly = compare(current, baseline, [], allow=["model.sha256"])
-    assert [d.field for d in partly.refusals] == ["scoring.tokenizer"] and partly.exit_code == 2
+    assert [d.field for d in partly.refusals] == ["scoring.tokenizer"] and partly.exit_code == 3
     allowed = compare(current, baseline, [], allow=["model.sha256", "scoring.tokenizer"])
     assert allowed.refusals == [] and allowed.exit_code == 0
     text = render(allowed)
@@ -274,7 +274,7 @@ def test_cli_exit_codes_and_output(tmp_path, capsys, current, baseline):
 
     current["model"]["sha256"] = "0" * 64
     other_model = write(tmp_path / "other_model.json", current)
-    assert main(["compare", other_model, "--baseline", base]) == 2
+    assert main(["compare", other_model, "--baseline", base]) == 3
     assert "model.sha256: " in capsys.readouterr().out
     allowed = ["--allow-config-mismatch", "model.sha256", "--tolerance", "em=2"]
     assert main(["compare", other_model, "--baseline", base, *allowed]) == 0

@@ -123,7 +123,7 @@ def test_training_step_and_edit_follow_the_model_device(name, tiny_llama, synthe
     hparams = editor.hparams
     data = training.load_training_set("synthetic_en", None, name)
     train_examples, validation = training.split(data, hparams)
-    extra = editor.checkpoint_extra() if hasattr(editor, "checkpoint_extra") else None
+    extra = editor.checkpoint_extra()
     directory = training.checkpoint_dir(name, hparams, tiny_llama.fingerprint, data, extra)
     directory.mkdir(parents=True, exist_ok=True)
     session = training.TrainingSession(directory, train_examples, validation, 0, False, {})

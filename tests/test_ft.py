@@ -76,7 +76,7 @@ def test_both_names_register_with_their_defaults():
     assert editors["ft-l"].hparams_class().norm_constraint == 5e-4
     assert editors["ft-m"].hparams_class().objective == "masked"
     assert editors["ft-m"].hparams_class().norm_constraint == 0.0
-    assert editors["ft-l"].supports_batch and editors["ft-m"].supports_batch
+    assert editors["ft-l"].capabilities.batch and editors["ft-m"].capabilities.batch
 
 
 def test_bad_layer_and_bad_objective_are_rejected(tiny_llama, tmp_path):

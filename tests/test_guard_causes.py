@@ -81,7 +81,7 @@ def test_the_issue_case_model_hash_and_transformers_changed(fresh, stored):
     fresh["model"]["sha256"] = "f33cc32" + "0" * 57
     fresh["versions"]["transformers"] = "5.25.0"
     comparison = compare(fresh, stored, [])
-    assert comparison.exit_code == 2 and [c.kind for c in comparison.causes] == [MODEL, VERSIONS]
+    assert comparison.exit_code == 3 and [c.kind for c in comparison.causes] == [MODEL, VERSIONS]
     assert str(comparison.causes[0]).startswith("the model differs: model.sha256: 9865513")
     text = render(comparison)
     assert text.startswith("refused:") and "why: the model differs" in text

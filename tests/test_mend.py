@@ -69,7 +69,7 @@ def test_apply_writes_the_change_and_restore_is_bit_exact(fresh_mend, tiny_llama
     model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
     before = {n: p.clone() for n, p in model.named_parameters()}
     fresh_mend.log_step_sizes["0"].data.fill_(math.log(0.5))
-    edit = fresh_mend.apply(model, tokenizer, [REQUEST])
+    edit = fresh_mend.edit(model, tokenizer, [REQUEST])
     assert edit.touched == sorted(fresh_mend.modules)
     moved = (
         model.get_parameter("model.layers.1.mlp.down_proj.weight")

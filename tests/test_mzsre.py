@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import plugins
-from harness.api import Edit, Probe, TrainingExample
+from harness.api import Capabilities, Edit, Editor, Probe, TrainingExample
 from harness.config import ConfigError
 from harness.hookspecs import hookimpl
 from harness.runner import run
@@ -232,20 +232,14 @@ class NoSettings:
     pass
 
 
-class SubjectLocator:
+class SubjectLocator(Editor):
     """An editor that locates subjects (so the harness aligns them) and records what it was given."""
 
     hparams_class = NoSettings
-    locates_subject = True
+    capabilities = Capabilities(locates_subject=True)
     given: list = []
 
-    def __init__(self, hparams):
-        pass
-
-    def prepare(self, model, tokenizer, context):
-        pass
-
-    def apply(self, model, tokenizer, requests):
+    def edit(self, model, tokenizer, requests):
         SubjectLocator.given += requests
         return Edit(model, {})
 

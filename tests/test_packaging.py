@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_plugin_folder_is_a_listed_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"harness"}
-    for base, package in (("plugins", "harness_plugins"), ("templates", "harness_plugins.templates")):
+    found = set()
+    for base, package in (
+        ("harness", "harness"),
+        ("plugins", "harness_plugins"),
+        ("templates", "harness_plugins.templates"),
+    ):
         for init in (ROOT / base).rglob("__init__.py"):
             parts = init.parent.relative_to(ROOT / base).parts
             found.add(".".join((package, *parts)))

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pluggy
 import pytest
 
 from harness import plugins
+from harness.api import Editor
 from harness.uncertainty import metric_keys
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sample_plugin"
@@ -55,6 +58,36 @@ def test_third_party_editor_is_listed_and_a_broken_plugin_only_warns(site):
     assert "'broken'" in result.stderr and "broken-plugin" in result.stderr and "skipped" in result.stderr
     # a second package using a loaded plugin's name is skipped, and says so
     assert "plugin 'rome' from clashing-plugin is skipped" in result.stderr
+
+
+class BrokenEntryPoint:
+    """An entry point whose module does not import, from the distribution named ``dist``."""
+
+    name = "broken_builtin"
+
+    def __init__(self, dist: str):
+        self.dist = SimpleNamespace(name=dist, version="0.1.0")
+
+    def load(self):
+        raise ModuleNotFoundError("No module named 'builtin_module_that_is_missing'")
+
+
+@pytest.mark.parametrize("dist", ["kedit-harness", "someone-elses-plugin"])
+def test_a_built_in_plugin_that_fails_to_import_is_an_error_a_third_party_one_a_warning(
+    dist, monkeypatch, caplog
+):
+    monkeypatch.setattr(plugins, "pm", pluggy.PluginManager("harness"))
+    plugins.pm.add_hookspecs(plugins.hookspecs)
+    monkeypatch.setattr(plugins, "_loaded", False)
+    monkeypatch.setattr(plugins, "_distributions", {})
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", lambda group: [BrokenEntryPoint(dist)])
+    if dist == "kedit-harness":
+        with pytest.raises(plugins.BrokenInstallation, match="plugin 'broken_builtin' failed to import"):
+            plugins.load_plugins()
+        assert not plugins._loaded  # the next call tries again instead of running without it
+    else:
+        plugins.load_plugins()
+        assert "'broken_builtin' (from someone-elses-plugin) failed to load and is skipped" in caplog.text
 
 
 def test_plugins_command_reports_name_version_and_hooks(site):
@@ -111,7 +144,7 @@ def test_registry_rejects_two_plugins_claiming_one_name():
     class Twin:
         @plugins.hookspecs.hookimpl
         def register_editors(self, register):
-            register("rome", object)
+            register("rome", type("OtherRome", (Editor,), {"edit": lambda self, *args: None}))
 
     twin = Twin()
     plugins.load_plugins()

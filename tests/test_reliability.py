@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness import models, plugins, subjects
+from harness.api import Editor
 from harness.datafiles import json_records
 from harness.models import CheckpointError, load_model
 from harness.results import ResumeMismatch
@@ -101,13 +102,13 @@ def test_training_progress_with_code_in_it_is_refused(tmp_path):
 def test_plugin_names_that_are_not_one_path_component_are_refused(name, register_plugin, caplog):
     from harness.hookspecs import hookimpl
 
-    class Editor:
+    class Nameless(Editor):
         hparams_class = dict
 
     class Plugin:
         @hookimpl
         def register_editors(self, register):
-            register(name, Editor)
+            register(name, Nameless)
 
     register_plugin(Plugin())
     found = plugins.editors()
@@ -188,18 +189,12 @@ def test_an_editor_that_writes_what_it_did_not_snapshot_stops_the_run(
     class Nothing:
         pass
 
-    class Sneaky:
+    class Sneaky(Editor):
         """Snapshots layer 1's MLP output matrix but writes layer 2's."""
 
         hparams_class = Nothing
 
-        def __init__(self, hparams):
-            pass
-
-        def prepare(self, model, tokenizer, context):
-            pass
-
-        def apply(self, model, tokenizer, requests):
+        def edit(self, model, tokenizer, requests):
             edit = Edit.snapshot(model, ["model.layers.1.mlp.down_proj.weight"])
             with torch.no_grad():
                 model.get_parameter("model.layers.2.mlp.down_proj.weight").add_(1.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from harness import plugins
+from harness.api import Editor
 from harness.hookspecs import hookimpl
 from harness.results import ResumeMismatch
 from harness.runner import run
@@ -82,22 +83,16 @@ class NoHparams:
     pass
 
 
-class TemplatedEditor:
+class TemplatedEditor(Editor):
     """An editor that names templates and stops at its first edit, to see what run.json holds by then
     (prepare runs before the output directory is touched, so a failing prepare leaves none)."""
 
     hparams_class = NoHparams
 
-    def __init__(self, hparams):
-        pass
-
     def template_names(self) -> tuple[str, ...]:
         return ("bizsre/question.jinja", "serac/counterfactual.jinja")
 
-    def prepare(self, model, tokenizer, context):
-        pass
-
-    def apply(self, model, tokenizer, requests):
+    def edit(self, model, tokenizer, requests):
         raise KeyboardInterrupt
 
 

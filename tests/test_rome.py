@@ -8,15 +8,14 @@ import torch
 from harness.api import Edit, EditorContext, EditRequest, RestoreError
 from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir
-from harness.weight_editing import (
+from harness.weight_editing.keys import keys_at, subject_last_token
+from harness.weight_editing.updates import rank_one_update
+from harness.weight_editing.values import (
     ValueObjective,
     _pack,
     essence_position,
-    keys_at,
     optimise_values,
-    rank_one_update,
     subject_goals,
-    subject_last_token,
 )
 from harness_plugins.methods.rome import ROME, ROMEHparams
 

@@ -22,7 +22,7 @@ from harness.runtime import (
     resolve_dtype,
     runtime_of,
 )
-from harness.weight_editing import rank_one_update
+from harness.weight_editing.updates import rank_one_update
 
 
 def test_auto_device_is_the_cpu_without_a_gpu():

@@ -16,7 +16,7 @@ import pluggy
 import pytest
 
 from harness import hookspecs
-from harness.api import editor_modes
+from harness.api import Editor
 from harness.cli import main
 from harness.scaffold import ScaffoldError, plugin_names, scaffold
 from harness.templates import Templates
@@ -90,7 +90,8 @@ def test_editor_package_has_its_entry_point_and_registers(tmp_path, load):
     assert list(found) == ["my-edit"]
     editor = found["my-edit"]
     assert editor is module.MyEdit and dataclasses.is_dataclass(editor.hparams_class)
-    assert editor.hparams_class().layer is None and editor_modes(editor) == (
+    assert issubclass(editor, Editor) and editor.hparams_class().layer is None
+    assert editor.capabilities.modes == (
         "single",
         "sequential",
         "batch",

@@ -12,7 +12,7 @@ from harness import model_text
 from harness.answers import pad_batch, prompt_ids
 from harness.model_text import sampled_corpus
 from harness.models import architecture
-from harness.weight_editing import second_moments
+from harness.weight_editing.second_moments import second_moments
 
 TEXTS = ["Paris is the capital of France.", "巴黎是法国的首都。", "Rivers flow to the sea.", "Hello there"]
 

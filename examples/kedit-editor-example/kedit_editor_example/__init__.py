@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.answers import TargetBatch
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.hookspecs import hookimpl
 from harness.models import architecture
 from harness.runtime import device_of
@@ -43,17 +43,17 @@ def reaches_target(logits: torch.Tensor, batch: TargetBatch) -> bool:
     return bool((logits.argmax(-1) == batch.targets).all())
 
 
-class ExampleFT:
+class ExampleFT(Editor):
     """Fine-tunes one MLP down-projection until the teacher-forced answer is the target."""
 
     hparams_class = ExampleFTHparams
-    supports_batch = True  # one call can write several facts: they share one loss
+    capabilities = Capabilities(batch=True)  # one call can write several facts: they share one loss
 
     def __init__(self, hparams: ExampleFTHparams):
-        self.hparams = hparams
+        super().__init__(hparams)
         self.weight_name = ""
 
-    def prepare(self, model: torch.nn.Module, tokenizer, context: EditorContext) -> None:
+    def setup(self, model: torch.nn.Module, tokenizer, context: EditorContext) -> None:
         """Resolve the layer against this model once, so a bad ``layer`` fails before any edit."""
         count = model.config.num_hidden_layers
         layer = int(DEFAULT_DEPTH * count) if self.hparams.layer is None else self.hparams.layer
@@ -61,10 +61,8 @@ class ExampleFT:
             raise ValueError(f"{NAME}: layer={layer} is outside the model's {count} layers")
         self.weight_name = architecture(model).mlp_out_weight(layer % count)
 
-    def apply(self, model: torch.nn.Module, tokenizer, requests: list[EditRequest]) -> Edit:
+    def edit(self, model: torch.nn.Module, tokenizer, requests: list[EditRequest]) -> Edit:
         """Train the chosen matrix in place; the returned Edit holds its original for ``restore()``."""
-        if not self.weight_name:
-            raise RuntimeError(f"{NAME}: call prepare() before apply()")
         edit = Edit.snapshot(model, [self.weight_name])  # before any change: restore() copies it back
         weight = model.get_parameter(self.weight_name)
         batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests], device_of(model))

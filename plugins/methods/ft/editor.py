@@ -13,7 +13,7 @@ import torch
 
 from harness.activations import FrozenPrefix
 from harness.answers import TargetBatch, pad_batch, prompt_ids, target_ids
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 from harness.runtime import MasterCopies, device_of
 
@@ -68,26 +68,17 @@ def _batch(tokenizer, requests: list[EditRequest], objective: str, device: torch
     )
 
 
-class FT:
+class FT(Editor):
     """FT-L: fine-tune MLP output matrices on the target, inside an L-infinity ball (ROME-paper baseline)."""
 
     name = "ft-l"
     hparams_class: type[FTHparams] = FTHparams
-    supports_batch = True
+    capabilities = Capabilities(batch=True)
 
-    def __init__(self, hparams: FTHparams):
-        self.hparams = hparams
-        self.context: EditorContext | None = None
-
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         check_layers(self.name, "layers", self.hparams.layers, model)
-        self.context = context
 
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.context is None:
-            raise RuntimeError(f"{self.name}: call prepare() before apply()")
-        if not requests:
-            raise ValueError(f"{self.name}: no requests to apply")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         hp = self.hparams
         torch.manual_seed(self.context.seed)
         names = [architecture(model).mlp_out_weight(layer) for layer in sorted(set(hp.layers))]

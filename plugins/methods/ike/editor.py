@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from harness.answers import Answer, SharedPrefix, answers_after_prefix, prompt_ids, read_answers
-from harness.api import Edit, EditorContext, EditRequest, TrainingExample
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest, TrainingExample
 from harness.models import save_atomic
 from harness.templates import Templates
 from harness.training import load_training_set
@@ -153,16 +153,15 @@ def _as_bizsre_pool(example: TrainingExample) -> TrainingExample:
     )
 
 
-class IKE:
+class IKE(Editor):
     """IKE: in-context editing with k retrieved demonstrations (copy/update/retain); no weight changes."""
 
     name = "ike"
     hparams_class: type[IKEHparams] = IKEHparams
-    supports_batch = False
-    modes = ("single",)  # one fact in the context at a time
+    capabilities = Capabilities(in_weights=False)  # one fact in the context at a time
 
     def __init__(self, hparams: IKEHparams):
-        self.hparams = hparams
+        super().__init__(hparams)
         self.templates = Templates()  # the run's, once prepared
         self.index: DemonstrationIndex | None = None
         self.style = hparams.style or HARNESS
@@ -170,7 +169,7 @@ class IKE:
     def template_names(self) -> tuple[str, ...]:
         return (DEMONSTRATION, PROBE)
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         """Build the pool's demonstrations and their vectors (cached on disk)."""
         hp = self.hparams
         if context.templates is not None:
@@ -243,11 +242,7 @@ class IKE:
             f"tokens; the model's {window}-token window leaves no room for a probe ({PROBE_ROOM} tokens)"
         )
 
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.index is None:
-            raise RuntimeError(f"{self.name}: call prepare() before apply()")
-        if len(requests) != 1:
-            raise ValueError(f"{self.name} edits one fact at a time, got {len(requests)} requests")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         (request,) = requests
         hp, index = self.hparams, self.index
         if request.language != index.language:

@@ -32,10 +32,10 @@ import torch
 
 from harness.activations import FrozenPrefix, layer_of, run_until
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 from harness.runtime import MASTER_DTYPE, device_of
-from harness.weight_editing import SubjectContexts, module
+from harness.weight_editing.keys import SubjectContexts
 
 VARIANTS = ("paper", "easyedit")
 # The first MLP projection (the gate in gated MLPs) beside each output matrix's name.
@@ -115,7 +115,7 @@ def neuron_attributions(
     tokens = prompt_ids(tokenizer, prompt)
     ids = torch.tensor([tokens], device=device_of(model))
     last = len(tokens) - 1
-    targets = [module(model, name) for name in module_names]
+    targets = [model.get_submodule(name) for name in module_names]
     with torch.no_grad():
         clean = [seen[0, last] for seen in run_until(model, ids, torch.ones_like(ids), targets, side)]
     alphas = integration_alphas(steps, grid, clean[0].device).to(clean[0].dtype)[:, None]
@@ -197,23 +197,20 @@ def embedding_sum(embeddings: torch.Tensor, tokens: list[int]) -> torch.Tensor:
     return 2 * rows[0] if len(tokens) == 1 else rows.sum(0)
 
 
-class KN:
+class KN(Editor):
     """Knowledge neurons: erase the old answer from the neurons that carry it and write the new one."""
 
     hparams_class = KNHparams
-    supports_batch = False
 
     def __init__(self, hparams: KNHparams):
-        self.hparams = hparams
-        self.context: EditorContext | None = None
+        super().__init__(hparams)
         self.layers: list[int] = []
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         check_layers("kn", "layers", self.hparams.layers, model)
         self.layers = sorted(set(self.hparams.layers)) or list(range(model.config.num_hidden_layers))
         if self.hparams.variant == "easyedit":
             self.unit_modules(model)  # fails here, before any edit, on an MLP without a known gate
-        self.context = context
 
     def unit_modules(self, model) -> list[str]:
         """Per searched layer, the module whose input (paper) or output (easyedit) holds the units."""
@@ -275,11 +272,7 @@ class KN:
             vector = hp.enhance * new_row - hp.erase * old_row
         return chosen, vector, {"old_token": tokenizer.decode(old), "new_token": tokenizer.decode(new)}
 
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.context is None:
-            raise RuntimeError("kn: call prepare() before apply()")
-        if len(requests) != 1:
-            raise ValueError(f"kn edits one fact at a time, got {len(requests)}")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         arch = architecture(model)
         chosen, vector, tokens = self.shift(model, tokenizer, requests[0])
         layers = sorted({layer for layer, _ in chosen})

@@ -15,24 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 from harness.runtime import device_of
-from harness.weight_editing import (
-    SecondMomentSettings,
-    SubjectContexts,
-    ValueObjective,
-    add_to_output,
-    least_squares_update,
-    module,
-    optimise_values,
-    regularised_moments,
-    representations,
-    subject_goals,
-    subject_keys,
-    subject_last_token,
-    value_change,
-)
+from harness.weight_editing.keys import SubjectContexts, representations, subject_keys, subject_last_token
+from harness.weight_editing.second_moments import SecondMomentSettings, regularised_moments
+from harness.weight_editing.updates import least_squares_update, value_change
+from harness.weight_editing.values import ValueObjective, add_to_output, optimise_values, subject_goals
 
 
 @dataclass(frozen=True)
@@ -62,31 +51,24 @@ class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
             raise ValueError(f"key_average must be 'flat' or 'per_length', got {self.key_average!r}")
 
 
-class MEMIT:
+class MEMIT(Editor):
     """Mass-editing memory in a transformer: a batch of facts written over several MLP layers."""
 
     hparams_class = MEMITHparams
-    supports_batch = True
-    locates_subject = True  # requests arrive with the subject as written in the prompt
+    capabilities = Capabilities(batch=True, locates_subject=True)
 
     def __init__(self, hparams: MEMITHparams):
-        self.hparams = hparams
-        self.context: EditorContext | None = None
+        super().__init__(hparams)
         self.moments: dict[str, torch.Tensor] = {}
         self.corpus = ""
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         check_layers("memit", "layers", self.hparams.layers, model)
         arch = architecture(model)
         names = [arch.mlp_out.format(layer) for layer in sorted(self.hparams.layers)]
         self.moments, self.corpus = regularised_moments(model, tokenizer, names, self.hparams, context)
-        self.context = context
 
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.context is None:
-            raise RuntimeError("memit: call prepare() before apply()")
-        if not requests:
-            raise ValueError("memit: no requests to apply")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         hp, arch = self.hparams, architecture(model)
         layers = sorted(hp.layers)
         residual_at = arch.layer(layers[-1])
@@ -108,7 +90,7 @@ class MEMIT:
         deltas = torch.stack([v.delta for v in values])
         rows = torch.arange(len(requests), device=device_of(model))
         with add_to_output(
-            module(model, last_mlp), rows, torch.tensor(positions, device=rows.device), deltas
+            model.get_submodule(last_mlp), rows, torch.tensor(positions, device=rows.device), deltas
         ):
             targets = representations(
                 model, tokenizer, prompts, positions, residual_at, "output", len(prompts)
@@ -120,7 +102,7 @@ class MEMIT:
             name = arch.mlp_out.format(layer)
             keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], name, groups)
             wanted = (targets - residual()) / (len(layers) - done)
-            post = module(model, arch.mlp_post.format(layer)) if arch.mlp_post else None
+            post = model.get_submodule(arch.mlp_post.format(layer)) if arch.mlp_post else None
             outputs = representations(model, tokenizer, prompts, positions, name, "output") if post else None
             change = value_change(post, outputs, wanted)
             weight = model.get_parameter(arch.mlp_out_weight(layer))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from harness.answers import TargetBatch, prompt_ids, target_ids
-from harness.api import Edit, EditorContext, EditRequest, TrainingExample
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
 from harness.runtime import MASTER_DTYPE, device_of
 from harness.training import TrainingSession, TrainingSettings, batch_indices, train_loop, trained_state
@@ -138,15 +138,15 @@ def token_gradients(
     )
 
 
-class MEND:
+class MEND(Editor):
     """MEND: a trained hypernetwork maps fine-tuning gradients to weight edits (needs `harness train`)."""
 
     name = "mend"
     hparams_class = MENDHparams
-    supports_batch = True
+    capabilities = Capabilities(batch=True, trains=True)
 
     def __init__(self, hparams: MENDHparams):
-        self.hparams = hparams
+        super().__init__(hparams)
         self.transforms: torch.nn.ModuleDict | None = None
         self.log_step_sizes: torch.nn.ParameterDict | None = None
         self.modules: dict[str, str] = {}  # edited weight name -> its module
@@ -173,7 +173,7 @@ class MEND:
             step_size = torch.tensor(hp.step_size, dtype=MASTER_DTYPE, device=weight.device)
             self.log_step_sizes[str(index)] = torch.nn.Parameter(step_size.log())
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         self._build(model)
         state, summary = trained_state(self.name, self.hparams, context)
         self._load(state)
@@ -202,11 +202,7 @@ class MEND:
         return changes
 
     @torch.no_grad()
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.transforms is None:
-            raise RuntimeError("mend: call prepare() before apply()")
-        if not requests:
-            raise ValueError("mend: no requests to apply")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         gradients = token_gradients(model, tokenizer, [(r.prompt, r.target) for r in requests], self.modules)
         changes = self.weight_changes(gradients)
         edit = Edit.snapshot(model, list(changes))

@@ -3,7 +3,7 @@ on their own (``harness run --editor none --task general_nli``)."""
 
 from dataclasses import dataclass
 
-from harness.api import Edit
+from harness.api import Capabilities, Edit, Editor
 from harness.hookspecs import hookimpl
 
 
@@ -12,20 +12,14 @@ class NoEditHparams:
     """No settings: nothing is edited."""
 
 
-class NoEdit:
+class NoEdit(Editor):
     """Changes nothing: every probe is answered by the unedited model."""
 
     hparams_class = NoEditHparams
-    supports_batch = True
-    changes_model = False  # ability tasks may run with it: the model they measure is the unedited one
+    # ability tasks may run with it: the model they measure is the unedited one
+    capabilities = Capabilities(batch=True, changes_model=False)
 
-    def __init__(self, hparams: NoEditHparams):
-        self.hparams = hparams
-
-    def prepare(self, model, tokenizer, context) -> None:
-        """Nothing to prepare."""
-
-    def apply(self, model, tokenizer, requests) -> Edit:
+    def edit(self, model, tokenizer, requests) -> Edit:
         return Edit(model, {})
 
 

@@ -7,20 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import Edit, EditorContext, EditRequest
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
-from harness.weight_editing import (
-    SecondMomentSettings,
-    SubjectContexts,
-    ValueObjective,
-    optimise_values,
-    rank_one_update,
-    regularised_moments,
-    representations,
-    subject_goals,
-    subject_keys,
-    subject_last_token,
-)
+from harness.weight_editing.keys import SubjectContexts, representations, subject_keys, subject_last_token
+from harness.weight_editing.second_moments import SecondMomentSettings, regularised_moments
+from harness.weight_editing.updates import rank_one_update
+from harness.weight_editing.values import ValueObjective, optimise_values, subject_goals
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +35,18 @@ class ROMEHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
             raise ValueError(f"value_norm must be 'averaged_key' or 'prompt_output', got {self.value_norm!r}")
 
 
-class ROME:
+class ROME(Editor):
     """Rank-one model editing: write (subject key -> optimised value) into one MLP matrix."""
 
     hparams_class = ROMEHparams
-    supports_batch = False
-    locates_subject = True  # requests arrive with the subject as written in the prompt
+    capabilities = Capabilities(locates_subject=True)
 
     def __init__(self, hparams: ROMEHparams):
-        self.hparams = hparams
-        self.context: EditorContext | None = None
+        super().__init__(hparams)
         self.inverse_moment: torch.Tensor | None = None
         self.corpus = "none (C = I)"
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
-        self.context = context
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         check_layers("rome", "layer", self.hparams.layer, model)
         if self.hparams.second_moments:
             name = architecture(model).mlp_out.format(self.hparams.layer)
@@ -77,11 +66,7 @@ class ROME:
         value = (key @ weight.float()) if arch.transposed else (weight.float() @ key.to(weight.device))
         return float(value.norm())
 
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.context is None:
-            raise RuntimeError("rome: call prepare() before apply()")
-        if len(requests) != 1:
-            raise ValueError(f"rome edits one fact at a time, got {len(requests)}")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         arch = architecture(model)
         module_name = arch.mlp_out.format(self.hparams.layer)
         weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from harness.activations import run_until
 from harness.answers import Answer, TargetBatch, pad_batch, prompt_ids, read_answers
-from harness.api import Edit, EditorContext, EditRequest, TrainingExample
+from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest, TrainingExample
 from harness.models import architecture, check_layers
 from harness.runtime import MASTER_DTYPE, MasterCopies, device_of, runtime_of
 from harness.templates import Templates
@@ -181,16 +181,16 @@ class SERACEdit(Edit):
         super().restore()
 
 
-class SERAC:
+class SERAC(Editor):
     """SERAC: a memory of edits, a scope classifier and a counterfactual model (needs `harness train`)."""
 
     name = "serac"
     hparams_class = SERACHparams
-    supports_batch = True
-    modes = ("single", "batch")  # edits live in a memory, not the weights: nothing to accumulate there
+    # edits live in a memory, not the weights: nothing to accumulate there
+    capabilities = Capabilities(batch=True, in_weights=False, trains=True)
 
     def __init__(self, hparams: SERACHparams):
-        self.hparams = hparams
+        super().__init__(hparams)
         self.templates = Templates()
         self.memory: list[EditRequest] = []
         self.memory_embeddings: torch.Tensor | None = None  # (edits, rank), made with the classifier
@@ -214,7 +214,7 @@ class SERAC:
         self.memory_embeddings = torch.zeros(0, hp.classifier_rank, dtype=MASTER_DTYPE, device=device)
         self.counterfactual = counterfactual_model(model, hp.counterfactual_layers)
 
-    def prepare(self, model, tokenizer, context: EditorContext) -> None:
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
         self._build(model, tokenizer)
         state, summary = trained_state(self.name, self.hparams, context, self.checkpoint_extra())
         self._load(state)
@@ -242,9 +242,7 @@ class SERAC:
         return best.values, best.indices.tolist()
 
     @torch.no_grad()
-    def apply(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
-        if self.classifier is None:
-            raise RuntimeError("serac: call prepare() before apply()")
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         features = pooled_states(
             model, tokenizer, [r.prompt for r in requests], self.hparams.classifier_layer
         )

@@ -1,0 +1,96 @@
+"""Writing key -> value associations into a weight matrix: rank-one (ROME) and least-squares (MEMIT)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from harness.runtime import MASTER_DTYPE
+
+log = logging.getLogger(__name__)
+
+
+def value_change(
+    post: torch.nn.Module | None,
+    values: torch.Tensor,
+    wanted: torch.Tensor,
+    iterations: int = 100,
+    smallness: float = 1e-4,
+) -> torch.Tensor:
+    """Change of an MLP's output that moves the residual stream by ``wanted`` (both (n, d)).
+
+    Without a post-MLP module (LLaMA, Qwen, GPT-2) the MLP output is added to the residual stream as
+    is, so the change is ``wanted`` itself. With one (Gemma 2/3 normalise the MLP output before the
+    add) it is found by L-BFGS from zero, minimising ||post(values + c) - post(values) - wanted||^2 /
+    ||wanted||^2 + smallness * ||c||^2 / ||values||^2 per row. An RMS norm ignores the scale of its
+    input, so without the second term any multiple of a solution would do and the optimiser may
+    return a huge one, which the least-squares write would then force on every similar key.
+    """
+    if post is None:
+        return wanted
+    values, wanted = values.detach().to(MASTER_DTYPE), wanted.to(MASTER_DTYPE)
+    with torch.no_grad():
+        goal = post(values) + wanted
+    wanted_scale = wanted.pow(2).sum(-1).clamp_min(1e-12)
+    value_scale = values.pow(2).sum(-1).clamp_min(1e-12)
+    change = torch.zeros_like(values, requires_grad=True)
+    optimiser = torch.optim.LBFGS([change], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        miss = (post(values + change) - goal).pow(2).sum(-1) / wanted_scale
+        loss = (miss + smallness * change.pow(2).sum(-1) / value_scale).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return change.detach()
+
+
+def rank_one_update(
+    weight: torch.Tensor,
+    key: torch.Tensor,
+    delta: torch.Tensor,
+    direction: torch.Tensor | None = None,
+    transposed: bool = False,
+) -> None:
+    """In place: W <- W + delta u^T / (u^T k), so that W'k = Wk + delta and W'x = Wx when u^T x = 0.
+
+    ``direction`` is u = C^-1 k (None: u = k, i.e. C = I). ``transposed`` for (in, out) layouts. The
+    update is computed in float64 on the weight's device and rounded once into the weight's dtype.
+    """
+    u = key if direction is None else direction
+    u, key, delta = (t.to(weight.device, torch.float64) for t in (u, key, delta))
+    scale = torch.dot(u, key)
+    update = torch.outer(delta, u) / scale
+    _write(weight, update.T if transposed else update)
+
+
+@torch.no_grad()
+def _write(weight: torch.Tensor, update: torch.Tensor) -> None:
+    """W <- W + U with the sum taken in float64 and rounded once into the weight's dtype."""
+    weight.copy_(weight.double() + update)
+
+
+def least_squares_update(
+    weight: torch.Tensor,
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    preservation: torch.Tensor,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """In place: W <- W + R K^T (P + K K^T)^-1, solved in float64; returns the update (d_out, d_in).
+
+    ``keys`` K^T is (n, d_in), ``residuals`` R^T is (n, d_out): the change wanted at each key.
+    ``preservation`` P = lambda * C weighs keeping W's answers on ordinary keys (MEMIT). The update
+    minimises ||(W + U) K - (W K + R)||^2 + tr(U P U^T), i.e. satisfies U (P + K K^T) = R K^T.
+    """
+    k = keys.to(weight.device, torch.float64).T
+    system = preservation.to(weight.device, torch.float64) + k @ k.T
+    update = residuals.to(weight.device, torch.float64).T @ torch.linalg.solve(system, k).T
+    _write(weight, update.T if transposed else update)
+    return update
+
+
+# ---------------------------------------------------------------- second moments C = E[k k^T]
