@@ -1,7 +1,7 @@
 """One frozen run configuration: packaged harness.toml < user harness.toml < --set key=value.
 
-Editor hyper-parameters are dataclasses: their defaults, then ``[models."<model>".<editor>]`` from
-the TOML files, then ``--set``. Unknown or ill-typed keys are errors that name the key and list the
+Editor hyper-parameters are dataclasses: their defaults, then the plugins' per-model defaults (the
+``editor_defaults`` hook), then ``[models."<model>".<editor>]`` from the TOML files, then ``--set``. Unknown or ill-typed keys are errors that name the key and list the
 valid ones.
 """
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
-from harness.config import ConfigError, RunConfig, parse_overrides, resolve
+from harness import plugins
+from harness.config import ConfigError, RunConfig, parse_overrides, read_toml_files, resolve
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,38 @@ def test_per_model_section_follows_the_model(config_file):
     assert go(config_file, model="other").hparams == MyHparams(layer=11)
 
 
-def test_packaged_defaults_are_read(tmp_path):
-    """The packaged harness.toml has [models."tiny-llama".rome] layer = 1."""
+def test_packaged_defaults_are_read_and_name_no_editor(tmp_path):
+    """The packaged harness.toml holds run settings only: the core names no method."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    assert resolve(MyHparams, "my", {}, {}, config_file=str(empty)).run.probe_batch_size == 16
+    assert set(read_toml_files(str(empty))) == {"run"}
 
-    @dataclass(frozen=True)
-    class Rome:
-        layer: int = 99
+
+def test_built_in_editors_ship_their_per_model_defaults_through_the_hook(tmp_path):
+    from harness_plugins.methods.rome.editor import ROMEHparams
 
     empty = tmp_path / "empty.toml"
     empty.write_text("", encoding="utf-8")
-    resolved = resolve(Rome, "rome", {"model": "tiny-llama"}, {}, config_file=str(empty))
-    assert resolved.hparams.layer == 1
-    assert resolve(Rome, "rome", {"model": "tiny-llama"}, {"layer": "2"}, str(empty)).hparams.layer == 2
+    defaults = partial(plugins.editor_defaults, "rome")
+    resolved = resolve(ROMEHparams, "rome", {"model": "gemma3-270m"}, {}, str(empty), defaults)
+    assert (resolved.hparams.layer, resolved.hparams.stop_loss, resolved.hparams.second_moments) == (
+        4,
+        0.2,
+        True,
+    )
+    assert resolved.sources == {
+        "plugin_defaults": ["contexts_per_length", "layer", "second_moments", "stop_loss"],
+        "per_model_defaults": "none",
+    }
+    assert (
+        resolve(
+            ROMEHparams, "rome", {"model": "tiny-llama"}, {"layer": "2"}, str(empty), defaults
+        ).hparams.layer
+        == 2
+    )
+    assert plugins.editor_defaults("ft-m", "gemma3-270m") == {"layers": (11,)}
+    assert plugins.editor_defaults("kn", "gemma3-270m") == {}
 
 
 def test_unknown_set_key_names_it_and_lists_valid_keys(config_file):

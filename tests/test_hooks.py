@@ -72,7 +72,7 @@ class Observer:
             ModelSource(
                 "test-alias",
                 "tiny-llama under another name",
-                lambda cache: build("llama", cache / "tiny" / f"tiny-llama-v{VERSION}"),
+                lambda cache: build("tiny-llama", cache / "tiny" / f"tiny-llama-v{VERSION}"),
             )
         )
 
