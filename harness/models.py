@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,11 +267,26 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
         parameters=sum(p.numel() for p in model.parameters()),
         **runtime.describe(),
     )
-    if "sha256" not in identity:
-        identity["sha256"] = identity.get("hub_id", "")
+    if identity["format"] == "hub":
+        identity.update(_hub_identity(spec))
     model.harness_fingerprint = cache_fingerprint(identity["sha256"], runtime)
     model.harness_samples = sources[spec].samples if spec in sources else None
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, runtime=runtime)
+
+
+def _hub_identity(hub_id: str) -> dict[str, str]:
+    """A hub model is known by the commit its files came from (the snapshot just loaded), never by its
+    id alone: a newer revision of the same id shares no cache entry and resumes no run. A model whose
+    commit cannot be found gets a key of its own, shared with nothing."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json")
+    snapshot = Path(found).parent if isinstance(found, str) else None
+    if snapshot is not None and snapshot.parent.name == "snapshots":
+        key = hashlib.sha256(f"hub:{hub_id}@{snapshot.name}".encode()).hexdigest()
+        return {"revision": snapshot.name, "sha256": key}
+    log.warning("--model %s: hub revision unknown; it shares no cache entry and resumes no run", hub_id)
+    return {"revision": "", "sha256": f"unresolved-{uuid.uuid4().hex}"}
 
 
 class CheckpointError(ValueError):

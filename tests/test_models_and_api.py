@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +31,37 @@ def test_local_directory_loads_with_a_content_fingerprint(tiny_llama, tmp_path):
     for name, param in loaded.model.named_parameters():
         assert torch.equal(param, tiny_llama.model.get_parameter(name))
         assert not param.requires_grad
+
+
+HUB_PROBE = """
+import json
+from harness.models import load_model
+identity = load_model("org/tiny", {}).identity
+print(json.dumps({k: identity[k] for k in ("format", "hub_id", "revision", "sha256")}))
+"""
+
+
+def test_a_hub_model_is_keyed_by_the_revision_it_loaded_not_its_id(tiny_llama, tmp_path):
+    """Two revisions of one hub id (an offline hub cache holding both) never share a key; the same
+    revision loaded twice gets the same one."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    for revision in ("a" * 40, "b" * 40):
+        shutil.copytree(checkpoint_dir(cache_dir(), "tiny-llama"), repo / "snapshots" / revision)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+    def identity_at(revision: str) -> dict:
+        (repo / "refs" / "main").write_text(revision)
+        probe = subprocess.run(
+            [sys.executable, "-c", HUB_PROBE], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert probe.returncode == 0, probe.stderr
+        return json.loads(probe.stdout.strip().splitlines()[-1])
+
+    first, again, second = identity_at("a" * 40), identity_at("a" * 40), identity_at("b" * 40)
+    assert first["format"] == "hub" and first["hub_id"] == "org/tiny" and first["revision"] == "a" * 40
+    assert first["sha256"] == again["sha256"] != second["sha256"] and second["revision"] == "b" * 40
+    assert first["sha256"] != "org/tiny"
 
 
 def test_gguf_path_is_converted_once_and_keyed_by_hash(gemma):
