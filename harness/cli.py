@@ -9,16 +9,23 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness import exit_codes, plugins
 from harness.api import is_ability
-from harness.config import EDIT_MODES
+from harness.config import EDIT_MODES, RunConfig, field_names
 from harness.results import OutputLocked
 from harness.runtime import DEVICE_MAPS, DTYPE_CHOICES
 from harness.training import TrainingRequired
 
 # errors that mean the command was used wrongly (its message names the option, setting, name or file)
 USAGE_ERRORS = (ValueError, plugins.UnknownName, FileNotFoundError, TrainingRequired, OutputLocked)
+RUN_SETTINGS = frozenset(field_names(RunConfig))
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that are run settings: each option's dest is its ``RunConfig`` name (None: unset)."""
+    return {name: value for name, value in vars(args).items() if name in RUN_SETTINGS}
 
 
 def _run(args) -> int:
@@ -27,24 +34,11 @@ def _run(args) -> int:
     from harness.runner import run
 
     results = run(
-        editor=args.editor,
-        task=args.task,
-        model=args.model,
-        data_dir=args.data_dir,
-        output_dir=args.output_dir,
-        limit=args.limit,
-        seed=args.seed,
-        mode=args.mode,
-        batch_size=args.batch_size,
+        args.editor,
+        args.task,
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
-        probe_every=args.probe_every,
-        then=args.then,
-        then_limit=args.then_limit,
-        shard=args.shard,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
+        **_run_settings(args),
     )
     print(table(results))
     skipped = results.get("subject_alignment", {}).get("skipped", [])
@@ -90,16 +84,12 @@ def _train(args) -> int:
     from harness.runner import train
 
     summary = train(
-        editor=args.editor,
+        args.editor,
         train_data=args.train_data,
         train_limit=args.train_limit,
-        model=args.model,
-        data_dir=args.data_dir,
-        seed=args.seed,
         overrides=parse_overrides(args.set or []),
         config_file=args.config,
-        device=args.device,
-        dtype=args.dtype,
+        **_run_settings(args),
     )
     shown = {k: v for k, v in summary.items() if k not in ("model", "hparams")}
     print(json.dumps(shown, indent=2, ensure_ascii=False))
@@ -245,15 +235,12 @@ def _placement_arguments(command: argparse.ArgumentParser, device_map: bool) -> 
         )
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="harness",
-        description="Evaluate knowledge editors on editing tasks.",
-        epilog=exit_codes.HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = top.add_subparsers(dest="command", required=True)
+def _settings_arguments(command: argparse.ArgumentParser, set_help: str) -> None:
+    command.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
+    command.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="edit and evaluate")
     run.add_argument("--editor", required=True)
     run.add_argument("--task", required=True)
@@ -281,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--then-limit",
+        "--ability-limit",
+        dest="ability_limit",
         type=int,
         help="examples per --then task (default -1: each task's documented CPU subset; 0: all)",
     )
@@ -291,10 +280,11 @@ def parser() -> argparse.ArgumentParser:
         "(automatic under torchrun / accelerate launch)",
     )
     _placement_arguments(run, device_map=True)
-    run.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run or editor setting")
+    _settings_arguments(run, "override a run or editor setting")
     run.set_defaults(handler=_run)
 
+
+def _add_leaderboard(sub) -> None:
     board = sub.add_parser("leaderboard", help="run, store and tabulate every editor x task of a spec")
     board.add_argument("specs", nargs="+", help="leaderboard TOML files (e.g. leaderboard/leaderboard.toml)")
     board.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR or harness.toml)")
@@ -305,11 +295,15 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--readme-only", action="store_true", help="rewrite README.md from the stored files")
     board.set_defaults(handler=_leaderboard)
 
+
+def _add_merge(sub) -> None:
     merge = sub.add_parser("merge", help="merge the finished shards of a run into one result")
     merge.add_argument("output_dir", help="the run's output directory (holding shard-I-of-N folders)")
     merge.add_argument("shards", nargs="*", help="shard folders (default: every shard-*-of-* in output_dir)")
     merge.set_defaults(handler=_merge)
 
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train an editor that learns (serac, mend) into the cache")
     train.add_argument("--editor", required=True)
     train.add_argument("--train-data", help="registered training set (`harness ls training-sets`)")
@@ -318,30 +312,39 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="data root (else HARNESS_DATA_DIR or harness.toml)")
     train.add_argument("--seed", type=int)
     _placement_arguments(train, device_map=False)
-    train.add_argument("--config", help="a harness.toml to use instead of ./harness.toml")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an editor setting")
+    _settings_arguments(train, "override an editor setting")
     train.set_defaults(handler=_train)
 
+
+def _add_ls(sub) -> None:
     ls = sub.add_parser("ls", help="list editors, tasks or models")
     ls.add_argument("what", choices=["editors", "tasks", "models", "training-sets"])
     ls.add_argument("--data-dir", help="tasks discovered from data files are looked for here")
     ls.add_argument("--config")
     ls.set_defaults(handler=_ls)
 
+
+def _add_plugins(sub) -> None:
     sub.add_parser("plugins", help="print loaded plugins as JSON").set_defaults(handler=_plugins)
 
+
+def _add_new(sub) -> None:
     new = sub.add_parser("new", help="write a new editor or task plugin package (kedit-NAME) to start from")
     new.add_argument("kind", choices=["editor", "task"])
     new.add_argument("name", metavar="NAME", help="the plugin's name: lowercase words joined by - or _")
     new.add_argument("--dir", help="the package directory to create (default ./kedit-NAME): new or empty")
     new.set_defaults(handler=_new)
 
+
+def _add_validate(sub) -> None:
     validate = sub.add_parser("validate", help="report every bad record of a task's data")
     validate.add_argument("--task", required=True)
     validate.add_argument("--data-dir")
     validate.add_argument("--config")
     validate.set_defaults(handler=_validate)
 
+
+def _add_score(sub) -> None:
     score = sub.add_parser("score", help="score a prediction file of an ability task")
     score.add_argument("--task", required=True)
     score.add_argument("--predictions", required=True, help='JSON lines {"id": ..., "prediction": "..."}')
@@ -351,6 +354,8 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--config")
     score.set_defaults(handler=_score)
 
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="tables, charts and an HTML page of results.json files")
     report.add_argument("results", nargs="+", help="results.json files or folders searched for them")
     report.add_argument("--format", choices=["terminal", "markdown", "csv", "latex"], default="terminal")
@@ -360,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML report")
     report.set_defaults(handler=_report)
 
+
+def _add_compare(sub) -> None:
     from harness.compare import PATTERN_HELP, REFUSAL_FIELDS
 
     compare = sub.add_parser(
@@ -391,6 +398,27 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--all", action="store_true", help="print every metric, not only those not OK")
     compare.add_argument("--markdown", action="store_true")
     compare.set_defaults(handler=_compare)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="harness",
+        description="Evaluate knowledge editors on editing tasks.",
+        epilog=exit_codes.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_leaderboard(sub)
+    _add_merge(sub)
+    _add_train(sub)
+    _add_ls(sub)
+    _add_plugins(sub)
+    _add_new(sub)
+    _add_validate(sub)
+    _add_score(sub)
+    _add_report(sub)
+    _add_compare(sub)
     return top
 
 

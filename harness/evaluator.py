@@ -1,8 +1,10 @@
-"""The edit loop: pre-edit answers once -> per batch of records (one record in single mode): edit,
-probe every record of the batch, restore, score, log one line per record."""
+"""The edit loop of every mode: pre-edit answers once -> per edit call (one record in single mode,
+``batch_size`` in the batch modes): apply, then what the mode's policy says (probe and restore at
+once, or keep the edit and probe after the last) -> score, log one line per record."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,13 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from harness import plugins
 from harness.answers import Answer, read_answers
-from harness.api import Record
+from harness.api import Edit, Record
 from harness.integrity import ModelFingerprint
 from harness.results import SampleLog, write_json
 
@@ -110,34 +112,6 @@ def batches(records: list[Record], size: int) -> list[list[Record]]:
     return [records[start : start + size] for start in range(0, len(records), size)]
 
 
-def _edit_batch(run: RunContext, records: list[Record], pre: dict[str, list[Answer]]) -> list[dict[str, Any]]:
-    """Apply one edit for all ``records``, probe all of them, restore; one sample per record."""
-    requests = [record.request for record in records]
-    for request in requests:
-        plugins.call("before_edit", request=request, run=run)
-    started = time.perf_counter()
-    edit = run.editor.apply(run.model, run.tokenizer, requests)
-    edit_seconds = time.perf_counter() - started
-    try:
-        probes = [p for record in records for p in record.probes]
-        pairs = [(p.prompt, p.expected) for p in probes]
-        languages = [p.language for p in probes]
-        post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size, languages)
-        before = _references(run, edit, records, pre, pairs, languages)
-    finally:
-        edit.restore()  # raises RestoreError unless every touched tensor is bit-identical again
-    samples, start = [], 0
-    for record in records:
-        answers = post[start : start + len(record.probes)]
-        sample = _sample(run, record, before[start : start + len(record.probes)], answers)
-        start += len(record.probes)
-        sample.update(edit_seconds=edit_seconds / len(records), edit_info=edit.info, touched=edit.touched)
-        if run.edit_batch_size > 1:
-            sample["batch"] = {"records": [r.id for r in records], "seconds": edit_seconds}
-        samples.append(sample)
-    return samples
-
-
 def _references(
     run: RunContext,
     edit: Any,
@@ -196,7 +170,8 @@ def _sample(run: RunContext, record: Record, pre: list[Answer], post: list[Answe
     return sample
 
 
-def _check_grouping(planned: list[list[Record]], logged: dict[str, dict[str, Any]]) -> None:
+def check_grouping(planned: list[list[Record]], logged: dict[str, dict[str, Any]]) -> None:
+    """Refuse an output directory whose records were edited in other groups than ``planned``."""
     for batch in planned:
         ids = [r.id for r in batch]
         for record_id in ids:
@@ -209,35 +184,134 @@ def _check_grouping(planned: list[list[Record]], logged: dict[str, dict[str, Any
                 )
 
 
-def evaluate(run: RunContext, log_file: SampleLog, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every batch with a record not yet in ``log_file``; returns the samples of all selected records.
+def probe_records(
+    run: RunContext, edit: Edit, records: list[Record], pre: dict[str, list[Answer]]
+) -> list[dict[str, Any]]:
+    """Ask every probe of ``records`` while ``edit`` is in force and score it; one sample per record."""
+    probes = [p for record in records for p in record.probes]
+    pairs = [(p.prompt, p.expected) for p in probes]
+    languages = [p.language for p in probes]
+    post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size, languages)
+    before = _references(run, edit, records, pre, pairs, languages)
+    samples, start = [], 0
+    for record in records:
+        end = start + len(record.probes)
+        samples.append(_sample(run, record, before[start:end], post[start:end]))
+        start = end
+    return samples
 
-    A batch cut short by a crash is edited again as a whole (same records, same result) and only
-    its missing records are logged.
+
+def describe_call(run: RunContext, sample: dict[str, Any], call: dict[str, Any]) -> None:
+    """Add to ``sample`` what the edit call that wrote its record took and did (``call``: its records,
+    seconds, info and touched tensors); in the batch modes also which records shared it."""
+    records, seconds = call["records"], call["seconds"]
+    sample.update(edit_seconds=seconds / len(records), edit_info=call["info"], touched=call["touched"])
+    if run.edit_batch_size > 1:
+        sample["batch"] = {"records": records, "seconds": seconds}
+
+
+class EditPolicy(Protocol):
+    """When the edit loop probes and when it restores: after every edit call (``Restoring``), or once
+    all edits are in force (``harness.sequential.Accumulating``)."""
+
+    def pending(self, planned: list[list[Record]], logged: dict[str, dict[str, Any]]) -> list[list[Record]]:
+        """The edit calls still to make, in order."""
+
+    def progress(self, logged: dict[str, dict[str, Any]]) -> tuple[int, int]:
+        """What the progress bar counts: (total, done before this invocation)."""
+
+    def session(self, pre: dict[str, list[Answer]]) -> contextlib.AbstractContextManager:
+        """Around all edit calls: whatever must hold before the first and be undone after the last."""
+
+    def after_call(self, batch: list[Record], edit: Edit, seconds: float) -> tuple[list[dict], int]:
+        """After one edit call: the samples it finished and how far the bar advances."""
+
+    def finish(self, logged: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """After the last edit call: the samples still to log."""
+
+
+class Restoring:
+    """Single and batch modes: probe each edit call's records at once, then restore the weights and
+    check the whole model is bit-identical to the unedited one."""
+
+    def __init__(self, run: RunContext):
+        self.run = run
+        self.pre: dict[str, list[Answer]] = {}
+        self.unedited: ModelFingerprint | None = None
+        self.logged: dict[str, dict[str, Any]] = {}
+        self.todo: list[list[Record]] = []
+
+    def pending(self, planned, logged):
+        self.logged = logged
+        self.todo = [batch for batch in planned if any(r.id not in logged for r in batch)]
+        return self.todo
+
+    def progress(self, logged):
+        return sum(r.id not in logged for r in self.run.records), 0
+
+    @contextlib.contextmanager
+    def session(self, pre):
+        self.pre = pre
+        self.unedited = ModelFingerprint.of(self.run.model) if self.todo else None
+        yield
+
+    def after_call(self, batch, edit, seconds):
+        try:
+            samples = probe_records(self.run, edit, batch, self.pre)
+        finally:
+            edit.restore()  # raises RestoreError unless every touched tensor is bit-identical again
+        self.unedited.verify(self.run.model, f"restoring the edit of record(s) {[r.id for r in batch]}")
+        call = {
+            "records": [r.id for r in batch],
+            "seconds": seconds,
+            "info": edit.info,
+            "touched": edit.touched,
+        }
+        for sample in samples:
+            describe_call(self.run, sample, call)
+        fresh = [s for s in samples if s["record_id"] not in self.logged]
+        return fresh, len(fresh)
+
+    def finish(self, logged):
+        return []
+
+
+def evaluate(
+    run: RunContext, log_file: SampleLog, policy: EditPolicy, progress: bool = True
+) -> list[dict[str, Any]]:
+    """The one edit loop of every mode: each edit call still pending (``policy``) fires ``before_edit``
+    for its requests, is applied and timed, and hands the policy the edit; every finished sample is
+    logged and fires ``after_edit``. Returns the samples of all selected records.
+
+    A run cut short resumes from ``log_file``: a batch cut short is edited again as a whole (same
+    records, same result) and only its missing records are logged.
     """
-    pre = pre_edit_answers(run)
     logged = {s["record_id"]: s for s in log_file.samples}
     planned = batches(run.records, run.edit_batch_size)
-    _check_grouping(planned, logged)
-    todo = [batch for batch in planned if any(r.id not in logged for r in batch)]
-    remaining = sum(r.id not in logged for batch in todo for r in batch)
-    if logged:
-        log.info(
-            "resuming: %d of %d edits already in %s",
-            len(run.records) - remaining,
-            len(run.records),
-            log_file.path,
-        )
-    unedited = ModelFingerprint.of(run.model) if todo else None
-    with tqdm(total=remaining, desc="edits", unit="edit", disable=not progress) as bar:
-        for batch in todo:
-            samples = _edit_batch(run, batch, pre)
-            unedited.verify(run.model, f"restoring the edit of record(s) {[r.id for r in batch]}")
-            for record, sample in zip(batch, samples, strict=True):
-                if record.id in logged:
-                    continue
-                log_file.append(sample)
-                plugins.call("after_edit", request=record.request, sample=sample, run=run)
-                bar.update(1)
-    wanted = {r.id for r in run.records}
+    check_grouping(planned, logged)
+    todo = policy.pending(planned, logged)
+    if logged and todo:
+        log.info("resuming: %d of %d records already in %s", len(logged), len(run.records), log_file.path)
+    total, done = policy.progress(logged)
+    by_id = {record.id: record for record in run.records}
+    with policy.session(pre_edit_answers(run)):
+        with tqdm(total=total, initial=done, desc="edits", unit="edit", disable=not progress) as bar:
+            for batch in todo:
+                for record in batch:
+                    plugins.call("before_edit", request=record.request, run=run)
+                started = time.perf_counter()
+                edit = run.editor.apply(run.model, run.tokenizer, [record.request for record in batch])
+                finished, advanced = policy.after_call(batch, edit, time.perf_counter() - started)
+                _log(run, log_file, finished, by_id)
+                bar.update(advanced)
+        _log(run, log_file, policy.finish(logged), by_id)
+    wanted = set(by_id)
     return [s for s in log_file.samples if s["record_id"] in wanted]
+
+
+def _log(
+    run: RunContext, log_file: SampleLog, samples: list[dict[str, Any]], by_id: dict[str, Record]
+) -> None:
+    for sample in samples:
+        log_file.append(sample)
+        plugins.call("after_edit", request=by_id[sample["record_id"]].request, sample=sample, run=run)

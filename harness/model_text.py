@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from harness import fallbacks
 from harness.answers import pad_batch, prompt_ids
 from harness.results import write_json
 from harness.runtime import device_of
@@ -51,18 +52,26 @@ class _TokenProgress(LogitsProcessor):
         return scores
 
 
+def starters(language: str) -> list[str]:
+    """The words sampled text in ``language`` begins with; English ones (noted) for a language without
+    its own."""
+    if language not in STARTERS:
+        fallbacks.note("sampling starter words", language, "the English starters")
+    return STARTERS.get(language, STARTERS["en"])
+
+
 @torch.no_grad()
 def sample_texts(model, tokenizer, spec: SampleSpec, batch_size: int = 32) -> list[str]:
     """``spec.count`` continuations sampled from the model, cycling the language's starter words
-    (English ones for a language without its own). The bar counts tokens and estimates the time left."""
-    starters = STARTERS.get(spec.language, STARTERS["en"])
+    (``starters``). The bar counts tokens and estimates the time left."""
+    words = starters(spec.language)
     torch.manual_seed(spec.seed)
     texts: list[str] = []
     total = spec.count * spec.length
     with tqdm(total=total, desc=f"sampling {spec.language} text", unit="tok", disable=total < 2000) as bar:
         for start in range(0, spec.count, batch_size):
             prompts = [
-                prompt_ids(tokenizer, starters[i % len(starters)])
+                prompt_ids(tokenizer, words[i % len(words)])
                 for i in range(start, min(start + batch_size, spec.count))
             ]
             ids, mask = pad_batch(prompts, tokenizer.pad_token_id, device_of(model), left=True)
@@ -84,6 +93,7 @@ def sample_texts(model, tokenizer, spec: SampleSpec, batch_size: int = 32) -> li
 
 def model_samples(model, tokenizer, spec: SampleSpec, cache: Path) -> list[str]:
     """The texts of ``spec``: shipped with the model's source, else cached, else sampled and cached."""
+    starters(spec.language)  # however they are found, they began with these words
     shipped = shipped_samples(model, spec)
     if shipped is not None:
         return shipped

@@ -9,24 +9,22 @@ do not offer these modes (``harness.api.Capabilities``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from harness import plugins
 from harness.answers import Answer
 from harness.api import Edit, Record
-from harness.evaluator import RunContext, _check_grouping, _sample, batches, pre_edit_answers
+from harness.evaluator import RunContext, describe_call, probe_records
 from harness.integrity import ModelFingerprint
 from harness.models import save_atomic
-from harness.results import SampleLog, aggregate
+from harness.results import aggregate
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +95,6 @@ def _check_prefix(planned: list[list[Record]], state: Accumulated, output_dir: P
         raise ValueError(f"{output_dir} holds more edits ({state.edits}) than this run makes")
 
 
-def _probe(
-    run: RunContext, edit: Edit | None, records: list[Record], pre: dict[str, list[Answer]]
-) -> list[dict[str, Any]]:
-    probes = [p for record in records for p in record.probes]
-    pairs = [(p.prompt, p.expected) for p in probes]
-    if edit is None:  # resumed after the last edit: the weights hold everything
-        edit = Edit()
-    languages = [p.language for p in probes]
-    post = edit.answers(run.model, run.tokenizer, pairs, run.answer_mode, run.probe_batch_size, languages)
-    samples, start = [], 0
-    for record in records:
-        samples.append(_sample(run, record, pre[record.id], post[start : start + len(record.probes)]))
-        start += len(record.probes)
-    return samples
-
-
 def _decay_logged(output_dir: Path) -> dict[int, dict[str, Any]]:
     path = output_dir / DECAY
     if not path.is_file():
@@ -121,77 +103,84 @@ def _decay_logged(output_dir: Path) -> dict[int, dict[str, Any]]:
     return {line["edits"]: line for line in lines}
 
 
-def evaluate_accumulating(
-    run: RunContext, log_file: SampleLog, progress: bool = True
-) -> list[dict[str, Any]]:
-    """Apply every batch of records in order without restoring, then probe every record on the final
-    model (and, with ``probe_every``, the records edited so far every n edits, into decay.jsonl);
-    run ``run.after_edits`` on that model; restore the original weights at the end. Returns the
-    samples of all records."""
-    wanted = {r.id for r in run.records}
-    logged = {s["record_id"] for s in log_file.samples}
-    if wanted <= logged and not (run.output_dir / STATE).is_file():
-        return [s for s in log_file.samples if s["record_id"] in wanted]
-    pre = pre_edit_answers(run)
-    planned = batches(run.records, run.edit_batch_size)
-    _check_grouping(planned, {s["record_id"]: s for s in log_file.samples})
-    state = Accumulated.load(run.output_dir)
-    _check_prefix(planned, state, run.output_dir)
-    unedited = ModelFingerprint.of(run.model)
-    if state.calls:
-        log.info("resuming: %d of %d edits already applied (%s)", state.edits, len(run.records), STATE)
-        state.put_back(run.model)
-    decay = _decay_logged(run.output_dir)
-    edit: Edit | None = None
-    try:
-        with tqdm(
-            total=len(run.records), initial=state.edits, desc="edits", unit="edit", disable=not progress
-        ) as bar:
-            for batch in planned[len(state.calls) :]:
-                requests = [record.request for record in batch]
-                for request in requests:
-                    plugins.call("before_edit", request=request, run=run)
-                started = time.perf_counter()
-                edit = run.editor.apply(run.model, run.tokenizer, requests)
-                before = state.edits
-                state.add(run.model, edit, batch, time.perf_counter() - started)
-                due = run.probe_every and state.edits // run.probe_every > before // run.probe_every
-                if due and state.edits not in decay:
-                    decay[state.edits] = _decay_point(run, edit, state.edits, pre)
-                state.save(run.output_dir)
-                bar.update(len(batch))
-        samples = _probe(run, edit, [r for r in run.records if r.id not in logged], pre)
-        by_call = {record_id: call for call in state.calls for record_id in call["records"]}
-        by_id = {record.id: record for record in run.records}
+class Accumulating:
+    """Sequential and batch-sequential modes (an ``EditPolicy``): apply every edit call in order without
+    restoring, saving the edited weights after each; probe every record on the final model (and, with
+    ``probe_every``, the records edited so far every n edits, into decay.jsonl); run ``after_edits``
+    on that model; restore the original weights at the end and check them bit for bit."""
+
+    def __init__(self, run: RunContext):
+        self.run = run
+        self.state = Accumulated()
+        self.pre: dict[str, list[Answer]] = {}
+        self.decay: dict[int, dict[str, Any]] = {}
+        self.last: Edit = Edit()  # a resumed run whose edits are all applied probes the weights as they are
+        self.finished = False
+
+    def pending(self, planned, logged):
+        wanted = {r.id for r in self.run.records}
+        if wanted <= set(logged) and not (self.run.output_dir / STATE).is_file():
+            self.finished = True
+            return []
+        self.state = Accumulated.load(self.run.output_dir)
+        _check_prefix(planned, self.state, self.run.output_dir)
+        if self.state.calls:
+            log.info("resuming: %d of %d edits already applied (%s)", self.state.edits, len(wanted), STATE)
+        return planned[len(self.state.calls) :]
+
+    def progress(self, logged):
+        return len(self.run.records), self.state.edits
+
+    @contextlib.contextmanager
+    def session(self, pre):
+        if self.finished:
+            yield
+            return
+        self.pre, self.decay = pre, _decay_logged(self.run.output_dir)
+        unedited = ModelFingerprint.of(self.run.model)
+        self.state.put_back(self.run.model)
+        try:
+            yield
+            if self.run.after_edits is not None:
+                self.run.after_edits()
+        finally:
+            self.state.restore(self.run.model)
+        unedited.verify(self.run.model, f"restoring all {self.state.edits} accumulated edits")
+        (self.run.output_dir / STATE).unlink(missing_ok=True)
+
+    def after_call(self, batch, edit, seconds):
+        before = self.state.edits
+        self.state.add(self.run.model, edit, batch, seconds)
+        self.last = edit
+        every = self.run.probe_every
+        if every and self.state.edits // every > before // every and self.state.edits not in self.decay:
+            self.decay[self.state.edits] = self._decay_point()
+        self.state.save(self.run.output_dir)
+        return [], len(batch)
+
+    def finish(self, logged):
+        if self.finished:
+            return []
+        unlogged = [r for r in self.run.records if r.id not in logged]
+        samples = probe_records(self.run, self.last, unlogged, self.pre)
+        by_call = {record_id: call for call in self.state.calls for record_id in call["records"]}
         for sample in samples:
-            call = by_call[sample["record_id"]]
-            sample.update(
-                edit_seconds=call["seconds"] / len(call["records"]),
-                edit_info=call["info"],
-                touched=call["touched"],
-                edits_in_force=state.edits,
-            )
-            if run.edit_batch_size > 1:
-                sample["batch"] = {"records": call["records"], "seconds": call["seconds"]}
-            log_file.append(sample)
-            plugins.call("after_edit", request=by_id[sample["record_id"]].request, sample=sample, run=run)
-        if run.after_edits is not None:
-            run.after_edits()
-    finally:
-        state.restore(run.model)
-    unedited.verify(run.model, f"restoring all {state.edits} accumulated edits")
-    (run.output_dir / STATE).unlink(missing_ok=True)
-    return [s for s in log_file.samples if s["record_id"] in wanted]
+            describe_call(self.run, sample, by_call[sample["record_id"]])
+            sample["edits_in_force"] = self.state.edits
+        return samples
 
-
-def _decay_point(run: RunContext, edit: Edit, edits: int, pre: dict[str, list[Answer]]) -> dict[str, Any]:
-    """Scores of the first ``edits`` records on the model holding all of them; one line in decay.jsonl."""
-    point = {"edits": edits, "results": aggregate(_probe(run, edit, run.records[:edits], pre), "post")}
-    with open(run.output_dir / DECAY, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(point) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return point
+    def _decay_point(self) -> dict[str, Any]:
+        """Scores of the records edited so far on the model holding all of them; a line in decay.jsonl."""
+        edited = self.run.records[: self.state.edits]
+        point = {
+            "edits": self.state.edits,
+            "results": aggregate(probe_records(self.run, self.last, edited, self.pre), "post"),
+        }
+        with open(self.run.output_dir / DECAY, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(point) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return point
 
 
 def decay_curve(output_dir: Path) -> list[dict[str, Any]]:

@@ -219,6 +219,7 @@ def _merged_results(
     merged["record_ids"] = [s["record_id"] for s in samples]
     merged["editing"] = {**first["editing"], "edits_applied": len(samples)}
     shard_seconds = [s["timings"]["total_seconds"] for s in shards]
+    stand_ins = [entry for shard in shards for entry in shard.get("fallbacks", [])]
     merged["invocations"] = [
         {**entry, "shard": f"{shard[SHARD_KEY]['index']}/{shard[SHARD_KEY]['count']}"}
         for shard in shards
@@ -236,6 +237,7 @@ def _merged_results(
         "shard_total_seconds": shard_seconds,
         **edit_timings(samples),
     }
+    merged["fallbacks"] = [e for i, e in enumerate(stand_ins) if e not in stand_ins[:i]]
     merged["config"] = {**first["config"], "shard": ""}
     merged["merged_from"] = [s["output_dir"] for s in shards]
     merged["output_dir"] = str(parent)

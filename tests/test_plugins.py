@@ -96,7 +96,7 @@ def test_plugins_command_reports_name_version_and_hooks(site):
     assert entry["package"] == "sample-editor-plugin" and entry["version"] == "0.1.0"
     assert entry["hooks"] == ["after_run", "register_editors"]
     rome = next(p for p in listing if p["name"] == "rome")
-    assert rome["package"] == "kedit-harness" and rome["hooks"] == ["register_editors"]
+    assert rome["package"] == "kedit-harness" and rome["hooks"] == ["editor_defaults", "register_editors"]
 
 
 def test_load_plugins_env_limits_what_loads(site):

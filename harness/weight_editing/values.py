@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from harness import fallbacks
 from harness.activations import FrozenPrefix, layer_of
 from harness.answers import at_positions, final_hidden, output_logits, pad_batch, prompt_ids, target_ids
 from harness.api import EditRequest
@@ -99,6 +100,13 @@ class ValueGoal:
     reference_norm: float  # ||v0||: the clamp and the weight decay are relative to it
 
 
+def essence_template(language: str) -> str:
+    """The essence prompt in ``language``; the English one (noted) for a language without its own."""
+    if language not in ESSENCE_PROMPTS:
+        fallbacks.note("essence prompt", language, f"the English one {ESSENCE_PROMPTS['en']!r}")
+    return ESSENCE_PROMPTS.get(language, ESSENCE_PROMPTS["en"])
+
+
 def subject_goals(
     requests: Sequence[EditRequest], prompt_sets: Sequence[tuple[str, ...]], reference_norms: Sequence[float]
 ) -> list[ValueGoal]:
@@ -108,9 +116,7 @@ def subject_goals(
             prompts=tuple(prompts),
             subject=request.subject,
             target=request.target,
-            essence_prompt=ESSENCE_PROMPTS.get(request.language, ESSENCE_PROMPTS["en"]).format(
-                request.subject
-            ),
+            essence_prompt=essence_template(request.language).format(request.subject),
             reference_norm=norm,
         )
         for request, prompts, norm in zip(requests, prompt_sets, reference_norms, strict=True)
