@@ -1,8 +1,8 @@
 """One frozen run configuration: packaged harness.toml < user harness.toml < --set key=value.
 
 Editor hyper-parameters are dataclasses: their defaults, then the plugins' per-model defaults (the
-``editor_defaults`` hook), then ``[models."<model>".<editor>]`` from the TOML files, then ``--set``. Unknown or ill-typed keys are errors that name the key and list the
-valid ones.
+``editor_defaults`` hook), then ``[models."<model>".<editor>]`` from the TOML files, then ``--set``.
+Unknown or ill-typed keys are errors that name the key and list the valid ones.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of one run that are not an editor's hyper-parameters."""
+    """Settings of one run that are not an editor's hyper-parameters. Each has one name, used alike by
+    the CLI option that sets it, ``harness.run``'s keywords, ``[run]`` in harness.toml and ``--set``."""
 
     model: str = "gemma3-270m"
     data_dir: str = ""
