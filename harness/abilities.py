@@ -204,6 +204,27 @@ class AbilitySetup:
         write_json(output_dir / RESULTS, result)
         return result
 
+    def predictions(self, output_dir: Path) -> list[str]:
+        """The predictions ``evaluate`` logged in ``output_dir``, in query order."""
+        logged = {line["id"]: line["prediction"] for line in SampleLog(output_dir, PREDICTIONS).samples}
+        missing = [q.example_id for q in self.queries if q.example_id not in logged]
+        if missing:
+            raise RuntimeError(
+                f"{output_dir / PREDICTIONS} lacks {len(missing)} example(s), e.g. {missing[0]!r}"
+            )
+        return [logged[q.example_id] for q in self.queries]
+
+    def change_intervals(self, edited: list[str], unedited: list[str]) -> dict[str, list[float]]:
+        """Per metric, the paired bootstrap 95% interval of edited minus unedited: both models' answers
+        to the same resampled examples, scored as the task scores them."""
+        examples = self.examples
+
+        def scorer(predictions: list[str]):
+            return lambda rows: self.task.score([examples[i] for i in rows], [predictions[i] for i in rows])
+
+        found = uncertainty.paired_resampled_intervals(scorer(edited), scorer(unedited), len(examples))
+        return {key: [interval.low, interval.high] for key, interval in found.items()}
+
     def scores(self, predictions: list[str]) -> dict[str, float]:
         """The task's metrics, each followed by its bootstrap standard error over examples."""
         examples = self.examples

@@ -260,6 +260,14 @@ def ability_table(runs: list[Run]) -> Table:
     return Table(["task", "editor", "metric", "score"], body, f"percent; model {models}; examples: {n}")
 
 
+def _interval_text(interval: list[float] | None) -> str:
+    """``[low, high]`` of a change, marked ``*`` when it excludes 0 (beyond example sampling noise)."""
+    if interval is None:
+        return "-"
+    low, high = interval
+    return f"[{low:+.2f}, {high:+.2f}]" + ("*" if low > 0 or high < 0 else "")
+
+
 def then_table(then: dict[str, Any], title: str = "") -> Table:
     """Ability tasks measured after the edits: unedited, edited and the change, per metric (each
     task's headline metric first)."""
@@ -270,12 +278,14 @@ def then_table(then: dict[str, Any], title: str = "") -> Table:
             _with_stderr(entry["unedited"], key),
             _with_stderr(entry["edited"], key),
             f"{entry['change'][key]:+.2f}",
+            _interval_text(entry.get("change_ci95", {}).get(key)),
         ]
         for task, entry in then.items()
         for key in sorted(metric_keys(entry["edited"]), key=lambda k: k != entry["metric"])
     ]
-    header = ["ability task", "metric", "unedited", "after edits", "change"]
+    header = ["ability task", "metric", "unedited", "after edits", "change", "paired 95% CI"]
     footer = "examples: " + ", ".join(f"{task}={entry['n']}" for task, entry in then.items())
+    footer += "; * the change is beyond example sampling noise"
     return Table(header, body, footer, title=title)
 
 

@@ -441,8 +441,9 @@ def _optional_sections(the_plan: Plan, execution: Execution) -> dict[str, Any]:
             cfg.subject_fallback, cfg.subject_fuzzy_threshold
         )
     if the_plan.then:
+        model, unedited = the_plan.loaded.fingerprint, execution.unedited
         sections["then"] = {
-            s.task.name: _then_entry(s, the_plan.out, execution.unedited[s.task.name]) for s in the_plan.then
+            s.task.name: _then_entry(s, the_plan.out, unedited[s.task.name], model) for s in the_plan.then
         }
     if selection.part:
         sections[shards.SHARD_KEY] = selection.part_info
@@ -474,12 +475,14 @@ def _finish(
     return results
 
 
-def _then_entry(setup: abilities.AbilitySetup, out: Path, unedited: dict[str, Any]) -> dict[str, Any]:
-    """An ability task measured after the edits, beside the unedited model's cached result."""
+def _then_entry(setup: abilities.AbilitySetup, out: Path, unedited: dict[str, Any], model: str) -> dict:
+    """An ability task measured after the edits, beside the unedited model's cached result, with a
+    paired interval of the change (``model``: the unedited model's fingerprint)."""
     path = out / THEN / setup.task.name / RESULTS
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: the run finished without measuring {setup.task.name}")
     edited = json.loads(path.read_text(encoding="utf-8"))
+    predictions = [setup.predictions(path.parent), setup.predictions(abilities.baseline_dir(setup, model))]
     return {
         "metric": setup.task.metric,
         "protocol": protocols.name_of(setup.task),
@@ -487,6 +490,7 @@ def _then_entry(setup: abilities.AbilitySetup, out: Path, unedited: dict[str, An
         "edited": edited["metrics"],
         "unedited": unedited["metrics"],
         "change": abilities.change(edited["metrics"], unedited["metrics"]),
+        "change_ci95": setup.change_intervals(*predictions),
         "seconds": edited["seconds"],
     }
 

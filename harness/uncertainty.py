@@ -132,8 +132,42 @@ def resampled_stderrs(score: Callable[[list[int]], dict[str, float]], n: int) ->
     reported on each (so corpus-level metrics such as entity F1 are covered, not only means).
     Resamples on which the metric is undefined (``score`` raises ValueError: a macro average whose
     class was not drawn) are left out; when more than a tenth are, or below 2 items, there is none."""
-    if n < 2:
+    draws = _resampled_scores(score, n)
+    if not draws:
         return {}
+    return {stderr_key(key): float(np.std([draw[key] for draw in draws], ddof=1)) for key in draws[0]}
+
+
+def paired_resampled_intervals(
+    score: Callable[[list[int]], dict[str, float]],
+    reference: Callable[[list[int]], dict[str, float]],
+    n: int,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Interval]:
+    """Percentile bootstrap interval of ``score - reference`` for every metric both compute from a
+    list of item indices, each resample scoring the same items with both (an item's difficulty
+    cancels out, as in ``paired_interval``); resamples and items as in ``resampled_stderrs``."""
+
+    def difference(indices: list[int]) -> dict[str, float]:
+        found, base = score(indices), reference(indices)
+        return {key: found[key] - base[key] for key in found if key in base}
+
+    draws = _resampled_scores(difference, n)
+    if not draws:
+        return {}
+    tail = 100 * (1 - confidence) / 2
+    intervals = {}
+    for key in draws[0]:
+        low, high = np.percentile([draw[key] for draw in draws], [tail, 100 - tail])
+        intervals[key] = Interval(float(low), float(high), PAIRED)
+    return intervals
+
+
+def _resampled_scores(score: Callable[[list[int]], dict[str, float]], n: int) -> list[dict[str, float]]:
+    """``score`` on each bootstrap resample of ``n`` items, leaving out those on which it is undefined
+    (ValueError); nothing below 2 items or when more than a tenth are undefined."""
+    if n < 2:
+        return []
     draws = []
     for rows in _resamples(n, RESAMPLES, SEED):
         for row in rows:
@@ -141,9 +175,7 @@ def resampled_stderrs(score: Callable[[list[int]], dict[str, float]], n: int) ->
                 draws.append(score(row.tolist()))
             except ValueError:
                 continue
-    if len(draws) < 0.9 * RESAMPLES:
-        return {}
-    return {stderr_key(key): float(np.std([draw[key] for draw in draws], ddof=1)) for key in draws[0]}
+    return draws if len(draws) >= 0.9 * RESAMPLES else []
 
 
 @dataclass(frozen=True)

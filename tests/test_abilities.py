@@ -274,6 +274,11 @@ def test_then_measures_the_model_holding_every_edit_beside_the_cached_unedited_r
     right = [line["prediction"] == gold for line, gold in zip(lines, GOLD)]
     assert entry["edited"]["accuracy"] == 100.0 * sum(right) / 2
     assert entry["change"] == {"accuracy": entry["edited"]["accuracy"] - entry["unedited"]["accuracy"]}
+    (low, high), change = entry["change_ci95"]["accuracy"], entry["change"]["accuracy"]
+    assert low <= change <= high and set(entry["change_ci95"]) == {"accuracy"}
+    before = [json.loads(line)["prediction"] for line in (tmp_path / "u" / "predictions.jsonl").open()]
+    if [line["prediction"] for line in lines] == before:  # the same answers: no change in any resample
+        assert entry["change_ci95"]["accuracy"] == [0.0, 0.0]
     assert "ability task" in table(results) and f"{entry['change']['accuracy']:+.2f}" in table(results)
 
 

@@ -237,6 +237,18 @@ def test_csv_has_a_stderr_column_beside_each_metric():
     assert rows[1]["row"] == "unedited" and rows[1]["reliability.en.f1_stderr"] == ""
 
 
+def test_the_change_after_edits_shows_its_paired_interval_marked_beyond_noise():
+    entry = {"metric": "accuracy", "n": 200, "edited": {"accuracy": 40.0, "f1": 50.0}}
+    entry |= {"unedited": {"accuracy": 60.0, "f1": 52.0}, "change": {"accuracy": -20.0, "f1": -2.0}}
+    entry["change_ci95"] = {"accuracy": [-29.5, -10.25], "f1": [-6.0, 2.5]}
+    table = then_table({"general_nli": entry})
+    assert table.header[-1] == "paired 95% CI"
+    assert [row[-1] for row in table.body] == ["[-29.50, -10.25]*", "[-6.00, +2.50]"]
+    assert "* the change is beyond example sampling noise" in table.footer
+    del entry["change_ci95"]  # results written before the interval existed
+    assert [row[-1] for row in then_table({"general_nli": entry}).body] == ["-", "-"]
+
+
 def test_ability_tables_skip_stderr_keys():
     then = {
         "general_nli": {

@@ -20,6 +20,7 @@ from harness.uncertainty import (
     is_stderr,
     metric_keys,
     paired_interval,
+    paired_resampled_intervals,
     record_scores,
     resampled_stderrs,
     settings,
@@ -177,6 +178,27 @@ def test_an_ability_metric_gets_the_spread_of_the_metric_itself_over_resampled_e
     assert errors["accuracy_stderr"] == pytest.approx(bootstrap_stderr([100 * r for r in right]))
     assert 0 < errors["distinct_stderr"] < 5  # about 63% of items drawn per resample, a small spread
     assert resampled_stderrs(score, 1) == {}
+
+
+def test_a_paired_change_flags_a_planted_20_point_shift_and_not_a_1_point_one():
+    """An ability task's change after edits: both models' answers to the same resampled examples."""
+    rng = random.Random(0)
+    before = [rng.random() < 0.6 for _ in range(100)]
+    wrong = [i for i, right in enumerate(before) if not right]
+
+    def accuracy(answers):
+        return lambda rows: {"accuracy": 100 * sum(answers[i] for i in rows) / len(rows)}
+
+    def fixed(count):
+        return [right or i in wrong[:count] for i, right in enumerate(before)]
+
+    shifted = paired_resampled_intervals(accuracy(fixed(20)), accuracy(before), 100)["accuracy"]
+    assert shifted.method == PAIRED and shifted.beyond_noise and shifted.low < 20 < shifted.high
+    slight = paired_resampled_intervals(accuracy(fixed(1)), accuracy(before), 100)["accuracy"]
+    assert not slight.beyond_noise
+    same = paired_resampled_intervals(accuracy(before), accuracy(before), 100)["accuracy"]
+    assert (same.low, same.high) == (0.0, 0.0)
+    assert paired_resampled_intervals(accuracy(before), accuracy(before), 1) == {}
 
 
 def test_resamples_where_the_metric_is_undefined_are_left_out_and_too_many_give_none():
