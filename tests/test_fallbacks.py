@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 
+from test_mzsre import write_language
+
 from harness import fallbacks
 from harness.model_text import STARTERS, starters
 from harness.runner import run
 from harness.weight_editing.values import ESSENCE_PROMPTS, essence_template
-from tests.test_mzsre import write_language
 
 STARTERS_DE = {"resource": "sampling starter words", "language": "de", "used": "the English starters"}
 
