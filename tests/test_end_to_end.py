@@ -69,6 +69,20 @@ def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_
     assert all(max(s["edit_info"]["residual_gap"]) < 0.5 for s in samples)
 
 
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("rect-rome", direction, data_dir, tmp_path)
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= pre[reliability] + 30, (pre[reliability], post[reliability])
+    assert results["hparams"]["layer"] == 4 and results["hparams"]["rect"] == 0.2  # ROME's tuned layer
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    weight = "model.layers.4.mlp.down_proj.weight"
+    kept = -(-2 * 640 * 2048 // 10)  # ceil(0.2 * entries) of Gemma-3-270M's 640 x 2048 down-projection
+    assert all(s["edit_info"]["rect"] == {"share": 0.2, "entries_kept": {weight: kept}} for s in samples)
+
+
 def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
     results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -93,4 +94,18 @@ def least_squares_update(
     return update
 
 
-# ---------------------------------------------------------------- second moments C = E[k k^T]
+
+@torch.no_grad()
+def keep_largest_relative_change(weight: torch.Tensor, original: torch.Tensor, share: float) -> int:
+    """In place: of the change ``weight`` - ``original``, keep it on the ``ceil(share * n)`` entries
+    whose change is largest relative to the original value (|dW| / |W|; an entry that was 0 and moved
+    counts as infinitely large) and put every other entry back to its original value, exactly. This
+    is RECT's regularisation of an edit (Gu et al., 2024). Returns how many entries were kept."""
+    original = original.to(weight.device)
+    change = weight.to(MASTER_DTYPE) - original.to(MASTER_DTYPE)
+    relative = torch.nan_to_num(change.abs() / original.to(MASTER_DTYPE).abs(), nan=0.0)  # 0/0: unchanged
+    count = math.ceil(share * relative.numel())
+    kept = torch.zeros(relative.numel(), dtype=torch.bool, device=weight.device)
+    kept[torch.topk(relative.flatten(), count).indices] = True
+    weight.copy_(torch.where(kept.view_as(weight), weight, original))
+    return count
