@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness import plugins
 from harness.api import Edit, EditorContext, EditRequest, RestoreError
 from harness.model_text import context_prefixes
 from harness.models import architecture, cache_dir
@@ -89,6 +90,37 @@ def test_rome_touches_one_matrix_with_a_rank_one_change_along_the_subject_key(ro
     assert float(delta.norm()) == pytest.approx(edit.info["delta_norm"], rel=1e-4)
     clamp = editor.hparams.clamp_norm_factor * float((before[weight_name] @ key).norm())
     assert float(delta.norm()) <= clamp * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("editor_name, update_key", [("r-rome", "averaged"), ("rome", "plain")])
+def test_the_write_is_exact_for_its_own_key_and_only_for_it(editor_name, update_key, tiny_llama):
+    """r-ROME writes W' k* = W k* + delta for the averaged key k* the value was optimised for; ROME's
+    reference write makes the plain prompt's key exact instead (same delta, same direction)."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    editor = plugins.editors()[editor_name](
+        ROMEHparams(layer=1, steps=5, contexts_per_length=2, update_key=update_key)
+    )
+    editor.prepare(model, tokenizer, EditorContext(cache_dir=cache_dir(), seed=0))
+    request = EditRequest("Which city is Zorvik Tower in?", "Lisbon", "Zorvik Tower", "en")
+    name = architecture(model).mlp_out_weight(1)
+    before = model.get_parameter(name).detach().double()
+    with editor.apply(model, tokenizer, [request]) as edit:
+        change = model.get_parameter(name).detach().double() - before
+    prefixes = context_prefixes(model, tokenizer, "en", 0, cache_dir(), [(5, 2), (10, 2)])
+    texts = [p + request.prompt for p in prefixes]  # the plain prompt first
+    positions = [subject_last_token(tokenizer, t, request.subject) for t in texts]
+    keys = keys_at(model, tokenizer, texts, positions, architecture(model).mlp_out.format(1)).double()
+    averaged, plain = keys.mean(0), keys[0]
+    exact, other = (averaged, plain) if update_key == "averaged" else (plain, averaged)
+    delta_norm = edit.info["delta_norm"]
+    assert float((change @ exact).norm()) == pytest.approx(delta_norm, rel=1e-4)
+    assert abs(float((change @ other).norm()) - delta_norm) > 1e-3 * delta_norm
+    assert torch.linalg.matrix_rank(change, rtol=1e-5) == 1
+
+
+def test_r_rome_refuses_the_reference_write():
+    with pytest.raises(ValueError, match="r-ROME writes the averaged key"):
+        plugins.editors()["r-rome"](ROMEHparams(update_key="plain")).prepare(None, None, EditorContext(None))
 
 
 def test_restore_is_bit_exact(rome_edit):

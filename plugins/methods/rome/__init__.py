@@ -1,9 +1,10 @@
-"""ROME (Meng et al., 2022): a rank-one update of one MLP output matrix."""
+"""ROME (Meng et al., 2022): a rank-one update of one MLP output matrix; r-ROME (Gupta et al., 2024):
+the same update written for the key its value was optimised for."""
 
 from harness.hookspecs import hookimpl
-from harness_plugins.methods.rome.editor import ROME, ROMEHparams
+from harness_plugins.methods.rome.editor import ROME, RROME, ROMEHparams
 
-__all__ = ["ROME", "ROMEHparams"]
+__all__ = ["ROME", "RROME", "ROMEHparams"]
 
 # Per-model defaults, shipped the way a third-party editor ships them (the editor_defaults hook).
 # gemma3-270m: chosen on validation records (ZsRE train en / Bi-ZsRE validation zh), never the test
@@ -25,8 +26,9 @@ MODEL_DEFAULTS = {
 @hookimpl
 def register_editors(register):
     register("rome", ROME)
+    register("r-rome", RROME)
 
 
 @hookimpl
 def editor_defaults(editor: str, model: str) -> dict | None:
-    return MODEL_DEFAULTS.get(model) if editor == "rome" else None
+    return MODEL_DEFAULTS.get(model) if editor in ("rome", "r-rome") else None

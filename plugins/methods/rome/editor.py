@@ -24,15 +24,23 @@ class ROMEHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
     ``value_norm`` is the v0 whose norm scales the clamp and the weight decay: ``averaged_key`` W k*
     (k* the key averaged over contexts), or ``prompt_output`` the MLP output at the subject's last
     token of the plain prompt, as ROME's reference records it.
+
+    ``update_key`` is the key the write makes exact: ``averaged`` k*, the key the value was optimised
+    for and the one C^-1 k* is taken of, so W' k* = W k* + delta (r-ROME's correction); ``plain``
+    the plain prompt's key in the residual and the denominator, as ROME's reference writes it, so
+    W' k_plain = W k_plain + delta while the direction stays C^-1 k*.
     """
 
     layer: int = 5
     value_norm: str = "averaged_key"
+    update_key: str = "averaged"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.value_norm not in ("averaged_key", "prompt_output"):
             raise ValueError(f"value_norm must be 'averaged_key' or 'prompt_output', got {self.value_norm!r}")
+        if self.update_key not in ("averaged", "plain"):
+            raise ValueError(f"update_key must be 'averaged' or 'plain', got {self.update_key!r}")
 
 
 class ROME(Editor):
@@ -76,11 +84,15 @@ class ROME(Editor):
             requests, prompt_sets, [self.reference_norm(model, tokenizer, requests[0], key)]
         )
         (result,) = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
-        direction = None
+        direction = key  # u = C^-1 k*, or k* itself with C = I
         if self.inverse_moment is not None:
             direction = (self.inverse_moment @ key.double()).to(key.dtype)
+        exact = key
+        if self.hparams.update_key == "plain":
+            plain = [prompt_sets[0][:1]]  # the first prompt of the set is the one without a prefix
+            exact = subject_keys(model, tokenizer, plain, [requests[0].subject], module_name)[0]
         edit = Edit.snapshot(model, [arch.mlp_out_weight(self.hparams.layer)])
-        rank_one_update(weight, key, result.delta, direction, transposed=arch.transposed)
+        rank_one_update(weight, exact, result.delta, direction, transposed=arch.transposed)
         edit.info = {
             "value_steps": result.steps,
             "final_loss": result.losses[-1],
@@ -88,3 +100,18 @@ class ROME(Editor):
             "second_moment_corpus": self.corpus,
         }
         return edit
+
+
+class RROME(ROME):
+    """r-ROME: ROME writing exactly the key its value was optimised for (W' k* = v*).
+
+    Gupta et al. (2024) traced the sudden collapse of long sequential ROME runs to the reference
+    writing the plain prompt's key while the value and the direction come from the averaged one."""
+
+    def setup(self, model, tokenizer, context: EditorContext) -> None:
+        if self.hparams.update_key != "averaged":
+            raise ValueError(
+                f"r-rome: update_key={self.hparams.update_key!r}; r-ROME writes the averaged key. ROME's "
+                "reference write is --editor rome --set update_key=plain"
+            )
+        super().setup(model, tokenizer, context)
