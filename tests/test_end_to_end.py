@@ -83,6 +83,18 @@ def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(directio
     assert all(s["edit_info"]["rect"] == {"share": 0.2, "entries_kept": {weight: kept}} for s in samples)
 
 
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_emmet_writes_a_batch_of_three_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("emmet", direction, data_dir, tmp_path, mode="batch", batch_size=3)
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= pre[reliability] + 30, (pre[reliability], post[reliability])
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert all(s["batch"]["records"] == ["0", "1", "2"] for s in samples)
+    assert len(samples[0]["edit_info"]["delta_norm"]) == 3 and results["hparams"]["layer"] == 4
+
+
 def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
     results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]

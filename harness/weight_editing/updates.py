@@ -94,7 +94,6 @@ def least_squares_update(
     return update
 
 
-
 @torch.no_grad()
 def keep_largest_relative_change(weight: torch.Tensor, original: torch.Tensor, share: float) -> int:
     """In place: of the change ``weight`` - ``original``, keep it on the ``ceil(share * n)`` entries
@@ -109,3 +108,25 @@ def keep_largest_relative_change(weight: torch.Tensor, original: torch.Tensor, s
     kept[torch.topk(relative.flatten(), count).indices] = True
     weight.copy_(torch.where(kept.view_as(weight), weight, original))
     return count
+
+
+def equality_constrained_update(
+    weight: torch.Tensor,
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    inverse_moment: torch.Tensor | None = None,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """In place: W <- W + R (K^T C^-1 K)^-1 K^T C^-1, solved in float64; returns the update.
+
+    ``keys`` K^T is (n, d_in), ``residuals`` R^T is (n, d_out). Of all updates with (W + U) k_i =
+    W k_i + r_i for every key exactly, this one changes the outputs of ordinary keys least (it
+    minimises ||U C^{1/2}||, C the keys' second moments; ``inverse_moment`` C^-1, None: C = I). With
+    one key it is the rank-one update; EMMET (Gupta et al., 2024) writes a batch this way.
+    """
+    k = keys.to(weight.device, torch.float64).T
+    whitened = k if inverse_moment is None else inverse_moment.to(weight.device, torch.float64) @ k
+    system = k.T @ whitened  # K^T C^-1 K, (n, n)
+    update = residuals.to(weight.device, torch.float64).T @ torch.linalg.solve(system, whitened.T)
+    _write(weight, update.T if transposed else update)
+    return update

@@ -1,10 +1,11 @@
 """ROME (Meng et al., 2022): a rank-one update of one MLP output matrix; r-ROME (Gupta et al., 2024):
-the same update written for the key its value was optimised for."""
+the same update written for the key its value was optimised for; EMMET (Gupta et al., 2024): a
+batch of such writes at once, each key exact."""
 
 from harness.hookspecs import hookimpl
-from harness_plugins.methods.rome.editor import ROME, RROME, ROMEHparams
+from harness_plugins.methods.rome.editor import EMMET, ROME, RROME, ROMEHparams
 
-__all__ = ["ROME", "RROME", "ROMEHparams"]
+__all__ = ["EMMET", "ROME", "RROME", "ROMEHparams"]
 
 # Per-model defaults, shipped the way a third-party editor ships them (the editor_defaults hook).
 # gemma3-270m: chosen on validation records (ZsRE train en / Bi-ZsRE validation zh), never the test
@@ -27,8 +28,9 @@ MODEL_DEFAULTS = {
 def register_editors(register):
     register("rome", ROME)
     register("r-rome", RROME)
+    register("emmet", EMMET)
 
 
 @hookimpl
 def editor_defaults(editor: str, model: str) -> dict | None:
-    return MODEL_DEFAULTS.get(model) if editor in ("rome", "r-rome") else None
+    return MODEL_DEFAULTS.get(model) if editor in ("rome", "r-rome", "emmet") else None

@@ -11,7 +11,7 @@ from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
 from harness.weight_editing.keys import SubjectContexts, representations, subject_keys, subject_last_token
 from harness.weight_editing.second_moments import SecondMomentSettings, regularised_moments
-from harness.weight_editing.updates import rank_one_update
+from harness.weight_editing.updates import equality_constrained_update, rank_one_update
 from harness.weight_editing.values import ValueObjective, optimise_values, subject_goals
 
 log = logging.getLogger(__name__)
@@ -115,3 +115,36 @@ class RROME(ROME):
                 "reference write is --editor rome --set update_key=plain"
             )
         super().setup(model, tokenizer, context)
+
+
+class EMMET(RROME):
+    """EMMET: ROME for a batch, every fact's key written exactly at once (equality-constrained)."""
+
+    capabilities = Capabilities(batch=True, locates_subject=True)
+
+    def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
+        arch = architecture(model)
+        module_name = arch.mlp_out.format(self.hparams.layer)
+        weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
+        prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
+        keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)
+        norms = [self.reference_norm(model, tokenizer, r, k) for r, k in zip(requests, keys, strict=True)]
+        goals = subject_goals(requests, prompt_sets, norms)
+        results = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
+        deltas = torch.stack([result.delta for result in results])
+        edit = Edit.snapshot(model, [arch.mlp_out_weight(self.hparams.layer)])
+        try:
+            equality_constrained_update(weight, keys, deltas, self.inverse_moment, arch.transposed)
+        except torch.linalg.LinAlgError as error:
+            ids = [r.record_id or r.prompt for r in requests]
+            raise ValueError(
+                f"emmet: the keys of records {ids} are linearly dependent (two edits of one subject?), so "
+                "no update writes every value exactly; edit them in separate batches"
+            ) from error
+        edit.info = {
+            "value_steps": [result.steps for result in results],
+            "final_loss": [result.losses[-1] for result in results],
+            "delta_norm": [float(result.delta.norm()) for result in results],
+            "second_moment_corpus": self.corpus,
+        }
+        return edit
