@@ -41,10 +41,13 @@ SETTINGS = {
         "second_moment_tokens": 200,
     },
     "ft-l": {"layers": (1,), "steps": 2},
+    "rect-ft-m": {"layers": (1,), "steps": 2, "rect": 0.3},
     "ft-m": {"layers": (1,), "steps": 2},
     "kn": {"layers": (1, 2), "steps": 3},
     "ike": {"k": 3, "encoder": "char-ngram", "train_data": "synthetic_en"},
 }
+SETTINGS |= {name: SETTINGS["rome"] for name in ("r-rome", "emmet")}
+SETTINGS["rect-rome"] = {**SETTINGS["rome"], "rect": 0.3}
 TRAINED = {
     "serac": {
         "train_limit": 0,
@@ -111,7 +114,7 @@ def _prepare_edit_probe_restore(editor, lm, context: EditorContext) -> None:
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_editor_creates_every_tensor_on_the_model_device(name, tiny_llama, synthetic_training_set, data_dir):
     settings = dict(SETTINGS[name])
-    if name in ("rome", "memit"):
+    if name in ("rome", "memit", "r-rome", "emmet", "rect-rome"):
         settings["second_moment_corpus"] = ("zsre_train/train_en_10000.tsv",)
     context = dataclasses.replace(_context(tiny_llama), data_dir=data_dir)
     _prepare_edit_probe_restore(_editor(name, settings), tiny_llama, context)
