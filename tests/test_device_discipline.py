@@ -42,6 +42,7 @@ SETTINGS = {
     },
     "ft-l": {"layers": (1,), "steps": 2},
     "rect-ft-m": {"layers": (1,), "steps": 2, "rect": 0.3},
+    "lora": {"layers": (1,), "steps": 2},
     "ft-m": {"layers": (1,), "steps": 2},
     "kn": {"layers": (1, 2), "steps": 3},
     "ike": {"k": 3, "encoder": "char-ngram", "train_data": "synthetic_en"},

@@ -95,6 +95,17 @@ def test_emmet_writes_a_batch_of_three_on_gemma(direction, gemma, data_dir, tmp_
     assert len(samples[0]["edit_info"]["delta_norm"]) == 3 and results["hparams"]["layer"] == 4
 
 
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_lora_adapter_writes_the_fact_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("lora", direction, data_dir, tmp_path)
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
+
+
 def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
     results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]
