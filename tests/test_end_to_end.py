@@ -32,6 +32,16 @@ def _run(editor: str, direction: str, data_dir, out, **options):
     )
 
 
+def _reliability_rose(results: dict, direction: str, out, by: float) -> list[dict]:
+    """Check the edit language's reliability F1 rose ``by`` points over the unedited model's; the
+    run's samples."""
+    task, language = f"bizsre_{direction}", direction[:2]
+    post, pre = results["results"][task], results["pre_edit"][task]
+    reliability = f"reliability.{language}.f1"
+    assert post[reliability] >= pre[reliability] + by, (pre[reliability], post[reliability])
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
     edit_language = direction[:2]
@@ -72,12 +82,8 @@ def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("rect-rome", direction, data_dir, tmp_path)
-    task, language = f"bizsre_{direction}", direction[:2]
-    post, pre = results["results"][task], results["pre_edit"][task]
-    reliability = f"reliability.{language}.f1"
-    assert post[reliability] >= pre[reliability] + 30, (pre[reliability], post[reliability])
+    samples = _reliability_rose(results, direction, tmp_path, by=30)
     assert results["hparams"]["layer"] == 4 and results["hparams"]["rect"] == 0.2  # ROME's tuned layer
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     weight = "model.layers.4.mlp.down_proj.weight"
     kept = -(-2 * 640 * 2048 // 10)  # ceil(0.2 * entries) of Gemma-3-270M's 640 x 2048 down-projection
     assert all(s["edit_info"]["rect"] == {"share": 0.2, "entries_kept": {weight: kept}} for s in samples)
@@ -86,11 +92,7 @@ def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(directio
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_emmet_writes_a_batch_of_three_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("emmet", direction, data_dir, tmp_path, mode="batch", batch_size=3)
-    task, language = f"bizsre_{direction}", direction[:2]
-    post, pre = results["results"][task], results["pre_edit"][task]
-    reliability = f"reliability.{language}.f1"
-    assert post[reliability] >= pre[reliability] + 30, (pre[reliability], post[reliability])
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = _reliability_rose(results, direction, tmp_path, by=30)
     assert all(s["batch"]["records"] == ["0", "1", "2"] for s in samples)
     assert len(samples[0]["edit_info"]["delta_norm"]) == 3 and results["hparams"]["layer"] == 4
 
@@ -98,11 +100,7 @@ def test_emmet_writes_a_batch_of_three_on_gemma(direction, gemma, data_dir, tmp_
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_lora_adapter_writes_the_fact_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("lora", direction, data_dir, tmp_path)
-    task, language = f"bizsre_{direction}", direction[:2]
-    post, pre = results["results"][task], results["pre_edit"][task]
-    reliability = f"reliability.{language}.f1"
-    assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = _reliability_rose(results, direction, tmp_path, by=40)
     assert all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
 
 
