@@ -34,10 +34,14 @@ def test_local_directory_loads_with_a_content_fingerprint(tiny_llama, tmp_path):
 
 
 HUB_PROBE = """
-import json
+import json, pathlib, sys
 from harness.models import load_model
-identity = load_model("org/tiny", {}).identity
-print(json.dumps({k: identity[k] for k in ("format", "hub_id", "revision", "sha256")}))
+found = []
+for revision in sys.argv[2:]:  # each revision becomes the hub's main before the load
+    pathlib.Path(sys.argv[1], "refs", "main").write_text(revision)
+    identity = load_model("org/tiny", {}).identity
+    found.append({k: identity[k] for k in ("format", "hub_id", "revision", "sha256")})
+print(json.dumps(found))
 """
 
 
@@ -50,15 +54,16 @@ def test_a_hub_model_is_keyed_by_the_revision_it_loaded_not_its_id(tiny_llama, t
         shutil.copytree(checkpoint_dir(cache_dir(), "tiny-llama"), repo / "snapshots" / revision)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
 
-    def identity_at(revision: str) -> dict:
-        (repo / "refs" / "main").write_text(revision)
-        probe = subprocess.run(
-            [sys.executable, "-c", HUB_PROBE], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert probe.returncode == 0, probe.stderr
-        return json.loads(probe.stdout.strip().splitlines()[-1])
-
-    first, again, second = identity_at("a" * 40), identity_at("a" * 40), identity_at("b" * 40)
+    revisions = ["a" * 40, "a" * 40, "b" * 40]
+    probe = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE, str(repo), *revisions],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr
+    first, again, second = json.loads(probe.stdout.strip().splitlines()[-1])
     assert first["format"] == "hub" and first["hub_id"] == "org/tiny" and first["revision"] == "a" * 40
     assert first["sha256"] == again["sha256"] != second["sha256"] and second["revision"] == "b" * 40
     assert first["sha256"] != "org/tiny"
