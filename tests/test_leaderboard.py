@@ -134,6 +134,7 @@ def test_profile_and_process_settings_are_checked(tmp_path):
             LeaderboardSpec.load(_spec(tmp_path, protocols=bad))
 
 
+@pytest.mark.slow  # four harness processes: 14 s
 def test_two_profiles_over_two_processes_store_one_table_each(tmp_path, data_dir):
     spec = LeaderboardSpec.load(
         _spec(
