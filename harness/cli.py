@@ -270,6 +270,7 @@ def _add_run(sub) -> None:
         "--then-limit",
         "--ability-limit",
         dest="ability_limit",
+        metavar="N",
         type=int,
         help="examples per --then task (default -1: each task's documented CPU subset; 0: all)",
     )
