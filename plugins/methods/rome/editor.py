@@ -74,16 +74,25 @@ class ROME(Editor):
         value = (key @ weight.float()) if arch.transposed else (weight.float() @ key.to(weight.device))
         return float(value.norm())
 
+    def keys_and_values(self, model, tokenizer, requests: list[EditRequest]):
+        """Per request its prompts (plain first), its averaged key k* and its optimised value change."""
+        module_name = architecture(model).mlp_out.format(self.hparams.layer)
+        prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
+        keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)
+        norms = [self.reference_norm(model, tokenizer, r, k) for r, k in zip(requests, keys, strict=True)]
+        goals = subject_goals(requests, prompt_sets, norms)
+        return (
+            prompt_sets,
+            keys,
+            optimise_values(model, tokenizer, goals, module_name, self.hparams.objective()),
+        )
+
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         arch = architecture(model)
         module_name = arch.mlp_out.format(self.hparams.layer)
         weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
-        prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
-        key = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)[0]
-        goals = subject_goals(
-            requests, prompt_sets, [self.reference_norm(model, tokenizer, requests[0], key)]
-        )
-        (result,) = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
+        prompt_sets, keys, (result,) = self.keys_and_values(model, tokenizer, requests)
+        key = keys[0]
         direction = key  # u = C^-1 k*, or k* itself with C = I
         if self.inverse_moment is not None:
             direction = (self.inverse_moment @ key.double()).to(key.dtype)
@@ -124,13 +133,8 @@ class EMMET(RROME):
 
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         arch = architecture(model)
-        module_name = arch.mlp_out.format(self.hparams.layer)
         weight = model.get_parameter(arch.mlp_out_weight(self.hparams.layer))
-        prompt_sets = self.hparams.prompt_sets(model, tokenizer, requests, self.context)
-        keys = subject_keys(model, tokenizer, prompt_sets, [r.subject for r in requests], module_name)
-        norms = [self.reference_norm(model, tokenizer, r, k) for r, k in zip(requests, keys, strict=True)]
-        goals = subject_goals(requests, prompt_sets, norms)
-        results = optimise_values(model, tokenizer, goals, module_name, self.hparams.objective())
+        _, keys, results = self.keys_and_values(model, tokenizer, requests)
         deltas = torch.stack([result.delta for result in results])
         edit = Edit.snapshot(model, [arch.mlp_out_weight(self.hparams.layer)])
         try:
