@@ -336,6 +336,7 @@ class Execution:
 
     run: RunContext
     samples: list[dict[str, Any]]
+    invocation: provenance.Invocation  # this process: its commit and library versions
     invocations: list[dict[str, Any]]
     unedited: dict[str, dict[str, Any]]
 
@@ -370,7 +371,8 @@ def execute(the_plan: Plan, progress: bool) -> Execution:
     policy = Accumulating(run_context) if run_context.accumulate else Restoring(run_context)
     samples = evaluate(run_context, SampleLog(out, stamp=invocation.stamp), policy, progress=progress)
     invocation.finish(out, time.time())
-    return Execution(run_context, samples, provenance.history(out, samples, invocation), unedited)
+    invocations = provenance.history(out, samples, invocation)
+    return Execution(run_context, samples, invocation, invocations, unedited)
 
 
 def _measure_then(the_plan: Plan, progress: bool) -> None:
@@ -394,7 +396,7 @@ def report(the_plan: Plan, execution: Execution) -> dict[str, Any]:
         "stderr": uncertainty.settings(),
         "n-samples": {task.name: len(samples)},
         "record_ids": [s["record_id"] for s in samples],
-        **_described(resolved, the_plan.loaded, the_plan.out),
+        **_described(resolved, the_plan.loaded, the_plan.out, execution.invocation),
         "task": {
             "name": task.name,
             "description": task.description,
@@ -450,14 +452,17 @@ def _optional_sections(the_plan: Plan, execution: Execution) -> dict[str, Any]:
     return sections
 
 
-def _described(resolved: Resolved, loaded: LoadedModel, out: Path) -> dict[str, Any]:
-    """The parts of results.json every run has: editor, settings, model, versions, where it is."""
+def _described(
+    resolved: Resolved, loaded: LoadedModel, out: Path, invocation: provenance.Invocation | None
+) -> dict[str, Any]:
+    """The parts of results.json every run has: editor, settings, model, versions, where it is
+    (versions and commit as ``invocation`` recorded them, or looked up now)."""
     return {
         "editor": resolved.editor,
         "config": dataclasses.asdict(resolved.cfg),
         "model": loaded.identity,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": invocation.versions if invocation else _versions(),
+        "git_commit": invocation.commit if invocation else _git_commit(),
         "output_dir": str(out),
     }
 
@@ -573,7 +578,7 @@ def run_ability(resolved: Resolved, limit: int | None, progress: bool) -> dict[s
     results = {
         "results": {task.name: result["metrics"]},
         "n-samples": {task.name: setup.limit},
-        **_described(resolved, loaded, out),
+        **_described(resolved, loaded, out, None),
         "task": {
             "name": task.name,
             "description": task.description,
