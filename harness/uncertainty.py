@@ -155,12 +155,7 @@ def paired_resampled_intervals(
     draws = _resampled_scores(difference, n)
     if not draws:
         return {}
-    tail = 100 * (1 - confidence) / 2
-    intervals = {}
-    for key in draws[0]:
-        low, high = np.percentile([draw[key] for draw in draws], [tail, 100 - tail])
-        intervals[key] = Interval(float(low), float(high), PAIRED)
-    return intervals
+    return {key: _percentile_interval([draw[key] for draw in draws], confidence) for key in draws[0]}
 
 
 def _resampled_scores(score: Callable[[list[int]], dict[str, float]], n: int) -> list[dict[str, float]]:
@@ -215,6 +210,11 @@ def paired_interval(
             for rows in _resamples(len(old), resamples, seed)
         ]
     )
+    return _percentile_interval(differences, confidence)
+
+
+def _percentile_interval(differences: Sequence[float] | np.ndarray, confidence: float) -> Interval:
+    """The central ``confidence`` share of bootstrapped paired differences."""
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(differences, [tail, 100 - tail])
     return Interval(float(low), float(high), PAIRED)
