@@ -127,7 +127,7 @@ class DuplicateName(ValueError):
 
 
 _broken: dict[str, dict[str, str]] = {}  # hook -> {plugin: what it raised} at its last collection
-_warned: set[tuple[str, str]] = set()
+_warned: set[tuple[str, str, str]] = set()  # (hook, plugin, problem) already reported
 
 
 def _implementations(hook_name: str):
@@ -188,9 +188,11 @@ def _collect(hook_name: str, key, check=None, **arguments: Any) -> dict[str, Any
             if _is_builtin(impl.plugin_name):
                 broken = f"{error} (a built-in plugin: reinstall {CORE_DISTRIBUTION})"
                 raise BrokenInstallation(broken) from error
-            if (hook_name, impl.plugin_name) not in _warned:
+            # keyed by the problem too: a test plugin's default name is its id(), which a later
+            # plugin object may reuse
+            if (hook_name, impl.plugin_name, str(error)) not in _warned:
                 log.warning("%s; its registrations are left out", error)
-                _warned.add((hook_name, impl.plugin_name))
+                _warned.add((hook_name, impl.plugin_name, str(error)))
             failed[impl.plugin_name] = str(error)
             continue
         found.update(mine)
