@@ -4,6 +4,7 @@ the Task protocols."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -102,9 +103,10 @@ class RestoreError(RuntimeError):
 class Edit:
     """What an editor returns. Weight editors keep the original of every tensor they touched.
 
-    ``restore()`` puts the exact original weights back and verifies them bit for bit. Editors that do
-    not change weights override ``wrap_prompt`` (text in front of every probe) or, for full control
-    over how probes are answered (routing, a cached shared prefix), ``answers``.
+    ``restore()`` undoes what the edit added outside the weights (``also_undo``: an editor's memory,
+    hooks on the model), then puts the exact original weights back and verifies them bit for bit.
+    Editors that do not change weights override ``wrap_prompt`` (text in front of every probe) or,
+    for full control over how probes are answered (routing, a cached shared prefix), ``answers``.
     """
 
     def __init__(
@@ -114,12 +116,17 @@ class Edit:
         self.originals = originals or {}
         self.restored = False
         self.info: dict[str, Any] = {}
+        self.undo: list[Callable[[], None]] = []
 
     @classmethod
     def snapshot(cls, model: torch.nn.Module, names: list[str]) -> Edit:
         """Remember the current value of the named parameters before changing them."""
         params = dict(model.named_parameters())
         return cls(model, {name: params[name].detach().clone() for name in names})
+
+    def also_undo(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` when this edit is restored, before the weights come back (latest first)."""
+        self.undo.append(undo)
 
     def wrap_prompt(self, prompt: str) -> str:
         return prompt
@@ -157,7 +164,11 @@ class Edit:
 
     def restore(self) -> None:
         """Copy back the original tensors and check each is bit-identical; idempotent."""
-        if self.restored or self.model is None:
+        if self.restored:
+            return
+        while self.undo:
+            self.undo.pop()()
+        if self.model is None:
             self.restored = True
             return
         params = dict(self.model.named_parameters())
@@ -196,16 +207,20 @@ class Capabilities:
     """What an editor can do, declared once on its class; the harness reads nothing else about it.
 
     ``batch``: several requests per ``apply`` call (the batch modes). ``in_weights``: its edits live
-    in the weights, so they can accumulate (the sequential modes); editors whose edits live in a
-    context or a memory say False. ``changes_model``: False for an editor whose model is the
-    unedited one (ability tasks may run with it). ``locates_subject``: it finds the subject's tokens
-    in the prompt, so the harness aligns every request's subject with its prompt first
-    (``harness.subjects``). ``trains``: it learns from training data first (``Editor.train``,
+    in the weights, so they can accumulate (the sequential modes). ``memory``: the editor keeps a
+    memory that edits add to (a codebook, a side memory, the keys of earlier edits); it implements
+    ``memory_state``, ``load_memory_state`` and ``clear_memory``, and its edits accumulate in the
+    sequential modes even when they are not in the weights. Editors whose edits live in the context
+    say ``in_weights=False`` and no memory: single and batch modes only. ``changes_model``: False for
+    an editor whose model is the unedited one (ability tasks may run with it). ``locates_subject``: it
+    finds the subject's tokens in the prompt, so the harness aligns every request's subject with its
+    prompt first (``harness.subjects``). ``trains``: it learns from training data first (``Editor.train``,
     ``harness train``).
     """
 
     batch: bool = False
     in_weights: bool = True
+    memory: bool = False
     changes_model: bool = True
     locates_subject: bool = False
     trains: bool = False
@@ -213,8 +228,9 @@ class Capabilities:
     @property
     def modes(self) -> tuple[str, ...]:
         """The editing modes these capabilities allow."""
-        accumulating = ("sequential",) if self.in_weights else ()
-        batched = (("batch", "batch-sequential") if self.in_weights else ("batch",)) if self.batch else ()
+        accumulates = self.in_weights or self.memory
+        accumulating = ("sequential",) if accumulates else ()
+        batched = (("batch", "batch-sequential") if accumulates else ("batch",)) if self.batch else ()
         return ("single", *accumulating, *batched)
 
 
@@ -264,6 +280,22 @@ class Editor(abc.ABC):
     @abc.abstractmethod
     def edit(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest]) -> Edit:
         """Edit the model in place for ``requests``; ``self.context`` is set."""
+
+    def memory_state(self) -> dict[str, Any]:
+        """Editors with ``capabilities.memory``: everything the edits in force have added to the
+        editor's memory, as tensors, lists and numbers (``torch.save`` with weights only); a
+        sequential run saves it after every edit call so that a resumed run carries on from it."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no memory")
+
+    def load_memory_state(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Put back a memory saved by ``memory_state`` (a resumed run), with whatever serves it
+        on ``model`` (hooks)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no memory")
+
+    def clear_memory(self, model: torch.nn.Module) -> None:
+        """Forget every edit in the memory and take off the model whatever served it: the end of a
+        sequential run, before the original weights come back."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no memory")
 
     def template_names(self) -> tuple[str, ...]:
         """The templates it renders. Their hashes join the run's manifest before ``prepare``, so

@@ -2,9 +2,10 @@
 probed on the model that holds all of them, and the original weights come back at the end.
 
 A run that dies resumes: after each edit call the current value of every tensor touched so far is
-saved (``accumulated.pt``, with the originals), so a restart loads the weights instead of editing
-again. Edits must therefore live in the weights, which is why editors whose edits live elsewhere
-do not offer these modes (``harness.api.Capabilities``).
+saved (``accumulated.pt``, with the originals), and so is the editor's memory for editors that keep
+one (``Capabilities.memory``), so a restart loads both instead of editing again. Edits must
+therefore live in the weights or in such a memory, which is why editors whose edits live in the
+context do not offer these modes (``harness.api.Capabilities``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from harness.answers import Answer
-from harness.api import Edit, Record
+from harness.api import Edit, Editor, Record
 from harness.evaluator import RunContext, describe_call, probe_records
 from harness.integrity import ModelFingerprint
 from harness.models import save_atomic
@@ -35,11 +36,13 @@ DECAY = "decay.jsonl"
 @dataclass
 class Accumulated:
     """The edits applied so far: per edit call its records, time, info and touched tensors, plus the
-    original and the current value of every tensor any of them touched."""
+    original and the current value of every tensor any of them touched, and the editor's memory
+    after the last call (editors that keep one)."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
     original: dict[str, torch.Tensor] = field(default_factory=dict)
     current: dict[str, torch.Tensor] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, output_dir: Path) -> Accumulated:
@@ -47,28 +50,39 @@ class Accumulated:
         if not path.is_file():
             return cls()
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(json.loads(saved["calls"]), saved["original"], saved["current"])
+        return cls(json.loads(saved["calls"]), saved["original"], saved["current"], saved.get("memory", {}))
 
     def save(self, output_dir: Path) -> None:
-        payload = {"calls": json.dumps(self.calls), "original": self.original, "current": self.current}
+        payload = {
+            "calls": json.dumps(self.calls),
+            "original": self.original,
+            "current": self.current,
+            "memory": self.memory,
+        }
         save_atomic(payload, output_dir / STATE)
 
     @property
     def edits(self) -> int:
         return sum(len(call["records"]) for call in self.calls)
 
-    def put_back(self, model: torch.nn.Module) -> None:
-        """Load the saved edited weights into ``model`` (a resumed run)."""
+    def put_back(self, model: torch.nn.Module, editor: Editor) -> None:
+        """Load the saved edited weights and the editor's memory into ``model`` (a resumed run)."""
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in self.current.items():
                 params[name].copy_(value)
+        if self.calls and editor.capabilities.memory:
+            editor.load_memory_state(model, self.memory)
 
-    def add(self, model: torch.nn.Module, edit: Edit, records: list[Record], seconds: float) -> None:
+    def add(
+        self, model: torch.nn.Module, editor: Editor, edit: Edit, records: list[Record], seconds: float
+    ) -> None:
         for name, value in edit.originals.items():
             self.original.setdefault(name, value)
         params = dict(model.named_parameters())
         self.current = {name: params[name].detach().clone() for name in self.original}
+        if editor.capabilities.memory:
+            self.memory = editor.memory_state()
         self.calls.append(
             {
                 "records": [r.id for r in records],
@@ -78,8 +92,11 @@ class Accumulated:
             }
         )
 
-    def restore(self, model: torch.nn.Module) -> None:
-        """Every touched tensor back to its value before the first edit, checked bit for bit."""
+    def restore(self, model: torch.nn.Module, editor: Editor) -> None:
+        """The editor's memory cleared and every touched tensor back to its value before the first
+        edit, checked bit for bit."""
+        if editor.capabilities.memory:
+            editor.clear_memory(model)
         Edit(model, self.original).restore()
 
 
@@ -138,19 +155,19 @@ class Accumulating:
             return
         self.pre, self.decay = pre, _decay_logged(self.run.output_dir)
         unedited = ModelFingerprint.of(self.run.model)
-        self.state.put_back(self.run.model)
+        self.state.put_back(self.run.model, self.run.editor)
         try:
             yield
             if self.run.after_edits is not None:
                 self.run.after_edits()
         finally:
-            self.state.restore(self.run.model)
+            self.state.restore(self.run.model, self.run.editor)
         unedited.verify(self.run.model, f"restoring all {self.state.edits} accumulated edits")
         (self.run.output_dir / STATE).unlink(missing_ok=True)
 
     def after_call(self, batch, edit, seconds):
         before = self.state.edits
-        self.state.add(self.run.model, edit, batch, seconds)
+        self.state.add(self.run.model, self.run.editor, edit, batch, seconds)
         self.last = edit
         every = self.run.probe_every
         if every and self.state.edits // every > before // every and self.state.edits not in self.decay:

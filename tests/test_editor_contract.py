@@ -54,6 +54,11 @@ class FailingSetup(Counting):
         (Capabilities(batch=True), ("single", "sequential", "batch", "batch-sequential")),
         (Capabilities(in_weights=False), ("single",)),
         (Capabilities(batch=True, in_weights=False), ("single", "batch")),
+        (Capabilities(in_weights=False, memory=True), ("single", "sequential")),
+        (
+            Capabilities(batch=True, in_weights=False, memory=True),
+            ("single", "sequential", "batch", "batch-sequential"),
+        ),
     ],
 )
 def test_modes_follow_from_the_capabilities(capabilities, modes):
@@ -68,9 +73,10 @@ def test_every_built_in_editor_declares_its_capabilities_on_the_class():
         "rome": ("single", "sequential"),
     }
     assert sorted(n for n, c in found.items() if c.capabilities.trains) == ["mend", "serac"]
-    locating = ["emmet", "memit", "r-rome", "rect-memit", "rect-rome", "rome"]
+    locating = ["alphaedit", "emmet", "memit", "r-rome", "rect-memit", "rect-rome", "rome"]
     assert sorted(n for n, c in found.items() if c.capabilities.locates_subject) == locating
     assert [n for n, c in found.items() if not c.capabilities.changes_model] == ["none"]
+    assert sorted(n for n, c in found.items() if c.capabilities.memory) == ["alphaedit", "grace"]
 
 
 def test_apply_before_prepare_is_refused_and_the_editor_never_runs():
