@@ -57,7 +57,8 @@ def evaluate_setting(editor, model, tokenizer, records, loc_prompts, pre_loc, la
         )
         rows["sec"].append(time.perf_counter() - started)
         if "value_steps" in (edit.info or {}):
-            rows.setdefault("steps", []).append(edit.info["value_steps"])
+            steps = edit.info["value_steps"]  # one number (ROME) or one per request (MEMIT's kind)
+            rows.setdefault("steps", []).extend(steps if isinstance(steps, list) else [steps])
         pairs = [(record["src"], record["alt"]), (record["rephrase"], record["alt"]), *loc_prompts]
         post = teacher_forced(model, tokenizer, pairs)
         edit.restore()

@@ -130,3 +130,40 @@ def equality_constrained_update(
     update = residuals.to(weight.device, torch.float64).T @ torch.linalg.solve(system, whitened.T)
     _write(weight, update.T if transposed else update)
     return update
+
+
+def null_space_projector(moment: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P = V V^T over the eigenvectors of ``moment`` C = E[k k^T] whose eigenvalue is at most
+    ``threshold`` times the largest: the directions the keys C was estimated from (nearly) never
+    take. Any change U with U = U P moves those keys' outputs only by what they have in these
+    directions (AlphaEdit's projection, Fang et al., 2025). Float64, on the moment's device."""
+    values, vectors = torch.linalg.eigh(moment.to(torch.float64))
+    kept = vectors[:, values <= threshold * values[-1]]
+    return kept @ kept.T
+
+
+def projected_update(
+    weight: torch.Tensor,
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    projector: torch.Tensor,
+    earlier: torch.Tensor,
+    l2: float,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """In place: W <- W + R K^T P ((K_p K_p^T + K K^T) P + l2 I)^-1, solved in float64; returns it.
+
+    ``keys`` K^T is (n, d_in), ``residuals`` R^T is (n, d_out), ``projector`` P (d_in, d_in) from
+    ``null_space_projector``, ``earlier`` K_p K_p^T the keys of edits already made (zeros for the
+    first). This is AlphaEdit's closed form for writing R at K through P while penalising changes at
+    the earlier keys (||U P K_p||^2) and the size of the change (l2 ||U P||^2). The update lies in P's
+    range (U = U P), so the preserved keys' outputs move only by what those keys have in P's range;
+    for keys inside P's range, with no earlier keys, U K = R K^T K (K^T K + l2 I)^-1: R as l2 -> 0.
+    """
+    k = keys.to(weight.device, torch.float64).T
+    p = projector.to(weight.device, torch.float64)
+    gram = earlier.to(weight.device, torch.float64) + k @ k.T
+    system = p @ gram + l2 * torch.eye(len(p), dtype=torch.float64, device=weight.device)
+    update = torch.linalg.solve(system, p @ k @ residuals.to(weight.device, torch.float64)).T
+    _write(weight, update.T if transposed else update)
+    return update

@@ -25,11 +25,11 @@ from harness.weight_editing.values import ValueObjective, add_to_output, optimis
 
 
 @dataclass(frozen=True)
-class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
-    """The layer range and lambda, plus the shared value-optimisation, context and moment settings."""
+class SpreadHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
+    """How a batch of values is spread over a layer range (MEMIT's procedure, which AlphaEdit shares),
+    plus the shared value-optimisation, context and moment settings."""
 
     layers: tuple[int, ...] = (4, 5, 6, 7, 8)
-    update_weight: float = 15_000.0  # lambda: how much the keys in C keep their old values
     second_moments: bool = True
     value_chunk: int = 8  # requests whose values are optimised together (bounds memory)
     value_norm: str = "mlp_output"  # v0 of the clamp and decay, or "residual" (the reference's)
@@ -41,14 +41,24 @@ class MEMITHparams(ValueObjective, SecondMomentSettings, SubjectContexts):
             raise ValueError("layers must name at least one layer")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers must not repeat a layer, got {self.layers}")
-        if self.update_weight < 0:
-            raise ValueError(f"update_weight must be >= 0, got {self.update_weight}")
         if self.value_chunk < 1:
             raise ValueError(f"value_chunk must be >= 1, got {self.value_chunk}")
         if self.value_norm not in ("mlp_output", "residual"):
             raise ValueError(f"value_norm must be 'mlp_output' or 'residual', got {self.value_norm!r}")
         if self.key_average not in ("flat", "per_length"):
             raise ValueError(f"key_average must be 'flat' or 'per_length', got {self.key_average!r}")
+
+
+@dataclass(frozen=True)
+class MEMITHparams(SpreadHparams):
+    """MEMIT's lambda, on top of the spreading settings."""
+
+    update_weight: float = 15_000.0  # lambda: how much the keys in C keep their old values
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.update_weight < 0:
+            raise ValueError(f"update_weight must be >= 0, got {self.update_weight}")
 
 
 class MEMIT(Editor):
@@ -67,6 +77,14 @@ class MEMIT(Editor):
         arch = architecture(model)
         names = [arch.mlp_out.format(layer) for layer in sorted(self.hparams.layers)]
         self.moments, self.corpus = regularised_moments(model, tokenizer, names, self.hparams, context)
+
+    def write(self, model, layer: int, keys: torch.Tensor, change: torch.Tensor) -> None:
+        """Write the change wanted at each key ((n, d_in) keys, (n, d_out) changes) into the MLP output
+        matrix of ``layer``: MEMIT's least squares against lambda C."""
+        arch = architecture(model)
+        weight = model.get_parameter(arch.mlp_out_weight(layer))
+        preservation = self.hparams.update_weight * self.moments[arch.mlp_out.format(layer)]
+        least_squares_update(weight, keys, change, preservation, arch.transposed)
 
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         hp, arch = self.hparams, architecture(model)
@@ -104,9 +122,7 @@ class MEMIT(Editor):
             wanted = (targets - residual()) / (len(layers) - done)
             post = model.get_submodule(arch.mlp_post.format(layer)) if arch.mlp_post else None
             outputs = representations(model, tokenizer, prompts, positions, name, "output") if post else None
-            change = value_change(post, outputs, wanted)
-            weight = model.get_parameter(arch.mlp_out_weight(layer))
-            least_squares_update(weight, keys, change, hp.update_weight * self.moments[name], arch.transposed)
+            self.write(model, layer, keys, value_change(post, outputs, wanted))
         gap = (targets - residual()).norm(dim=-1) / (targets - start).norm(dim=-1).clamp_min(1e-12)
         edit.info = {
             "value_steps": [v.steps for v in values],
