@@ -43,12 +43,15 @@ SETTINGS = {
     "ft-l": {"layers": (1,), "steps": 2},
     "rect-ft-m": {"layers": (1,), "steps": 2, "rect": 0.3},
     "lora": {"layers": (1,), "steps": 2},
+    "grace": {"layer": 1, "steps": 2},
+    "wise": {"layer": 1, "steps": 2, "shard_size": 1},
     "ft-m": {"layers": (1,), "steps": 2},
     "kn": {"layers": (1, 2), "steps": 3},
     "ike": {"k": 3, "encoder": "char-ngram", "train_data": "synthetic_en"},
 }
 SETTINGS |= {name: SETTINGS["rome"] for name in ("r-rome", "emmet")}
 SETTINGS["rect-rome"] = {**SETTINGS["rome"], "rect": 0.3}
+SETTINGS["alphaedit"] = {**SETTINGS["memit"], "null_space_threshold": 0.1}
 TRAINED = {
     "serac": {
         "train_limit": 0,
@@ -103,8 +106,15 @@ def _prepare_edit_probe_restore(editor, lm, context: EditorContext) -> None:
     with meta_default():
         editor.prepare(lm.model, lm.tokenizer, context)
         edit = editor.apply(lm.model, lm.tokenizer, [REQUEST])
+        if editor.capabilities.memory:  # a second edit on top of the first: the memory grows (merges)
+            second = editor.apply(lm.model, lm.tokenizer, [REQUEST])
+            state = editor.memory_state()
+            editor.clear_memory(lm.model)
+            editor.load_memory_state(lm.model, state)
         answers = edit.answers(lm.model, lm.tokenizer, PROBES, "teacher_forced", 16)
         generated = edit.answers(lm.model, lm.tokenizer, PROBES, "generate", 16)
+        if editor.capabilities.memory:
+            second.restore()
         edit.restore()
     assert len(answers) == len(generated) == len(PROBES)
     assert all(p.device.type == "cpu" for p in lm.model.parameters())
@@ -115,7 +125,7 @@ def _prepare_edit_probe_restore(editor, lm, context: EditorContext) -> None:
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_editor_creates_every_tensor_on_the_model_device(name, tiny_llama, synthetic_training_set, data_dir):
     settings = dict(SETTINGS[name])
-    if name in ("rome", "memit", "r-rome", "emmet", "rect-rome"):
+    if name in ("rome", "memit", "r-rome", "emmet", "rect-rome", "alphaedit"):
         settings["second_moment_corpus"] = ("zsre_train/train_en_10000.tsv",)
     context = dataclasses.replace(_context(tiny_llama), data_dir=data_dir)
     _prepare_edit_probe_restore(_editor(name, settings), tiny_llama, context)
