@@ -4,8 +4,8 @@ probed on the model that holds all of them, and the original weights come back a
 A run that dies resumes: after each edit call the current value of every tensor touched so far is
 saved (``accumulated.pt``, with the originals), and so is the editor's memory for editors that keep
 one (``Capabilities.memory``), so a restart loads both instead of editing again. Edits must
-therefore live in the weights or in such a memory, which is why editors whose edits live in the
-context do not offer these modes (``harness.api.Capabilities``).
+therefore live in the weights or in such a memory, which is why editors whose edits live elsewhere
+(IKE's prompt, SERAC's retrieval) do not offer these modes (``harness.api.Capabilities``).
 """
 
 from __future__ import annotations

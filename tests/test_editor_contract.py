@@ -76,7 +76,7 @@ def test_every_built_in_editor_declares_its_capabilities_on_the_class():
     locating = ["alphaedit", "emmet", "memit", "r-rome", "rect-memit", "rect-rome", "rome"]
     assert sorted(n for n, c in found.items() if c.capabilities.locates_subject) == locating
     assert [n for n, c in found.items() if not c.capabilities.changes_model] == ["none"]
-    assert sorted(n for n, c in found.items() if c.capabilities.memory) == ["alphaedit", "grace"]
+    assert sorted(n for n, c in found.items() if c.capabilities.memory) == ["alphaedit", "grace", "wise"]
 
 
 def test_apply_before_prepare_is_refused_and_the_editor_never_runs():

@@ -95,10 +95,13 @@ class GRACE(Editor):
         return edit
 
     def _key_and_output(self, model, tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLP's hidden activation and output at the prompt's last token (codebook in force)."""
+        """The MLP's hidden activation and its own output at the prompt's last token (read before
+        the codebook's hook could replace it)."""
         ids, mask = pad_batch([prompt_ids(tokenizer, prompt)], tokenizer.pad_token_id, device_of(model))
         seen: dict[str, torch.Tensor] = {}
-        handle = self.module.register_forward_hook(lambda _, args, out: seen.update(key=args[0], out=out))
+        handle = self.module.register_forward_hook(
+            lambda _, args, out: seen.update(key=args[0], out=out), prepend=True
+        )
         try:
             with torch.no_grad():
                 run_until(model, ids, mask, [self.module], "output")
