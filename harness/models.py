@@ -52,6 +52,11 @@ class Architecture:
     def mlp_out_weight(self, layer: int) -> str:
         return f"{self.mlp_out.format(layer)}.weight"
 
+    def out_in(self, weight: torch.Tensor) -> tuple[int, int]:
+        """(output width, input width) of a matrix stored in this family's layout."""
+        rows, columns = weight.shape
+        return (columns, rows) if self.transposed else (rows, columns)
+
 
 _LLAMA_STYLE = Architecture(layers="model.layers", mlp_out="model.layers.{}.mlp.down_proj")
 _GEMMA2_STYLE = dataclasses.replace(_LLAMA_STYLE, mlp_post="model.layers.{}.post_feedforward_layernorm")

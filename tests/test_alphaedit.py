@@ -4,15 +4,12 @@ cut sequential run resumes from that memory to the same numbers."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from sequential_cut import cut_and_resume
 
-from harness import plugins
 from harness.api import EditorContext, EditRequest
 from harness.models import architecture, cache_dir
-from harness.runner import run
 from harness.weight_editing.keys import representations, subject_last_token
 from harness.weight_editing.updates import null_space_projector, projected_update
 from harness.weight_editing.values import ValueResult, add_to_output
@@ -104,11 +101,6 @@ def test_preserved_keys_keep_their_outputs_while_keys_in_the_null_space_get_thei
 def test_settings_that_cannot_work_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         AlphaEditHparams(**bad)
-
-
-def _samples(output_dir) -> list[dict]:
-    lines = (output_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return sorted((json.loads(line) for line in lines), key=lambda sample: sample["record_id"])
 
 
 def _per_key(outputs: torch.Tensor) -> float:
@@ -215,31 +207,6 @@ def test_the_memory_holds_the_keys_of_the_edits_in_force(tiny_llama, tmp_path):
 
 def test_a_cut_sequential_run_resumes_with_its_memory_and_ends_equal(tmp_path, monkeypatch):
     """Without the saved keys the resumed third edit would be written as if it were the first."""
-    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    plugins.load_plugins()
-    settings = dict(
-        editor="alphaedit",
-        task="bizsre_en_zh",
-        model="tiny-llama",
-        data_dir=None,
-        limit=3,
-        mode="sequential",
-        overrides={"steps": 3, "contexts_per_length": 0, "second_moment_tokens": 400},
-        progress=False,
-    )
-    whole = run(output_dir=str(tmp_path / "whole"), **settings)
-    apply, calls = AlphaEdit.apply, []
-
-    def cut(editor, model, tokenizer, requests):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(sum(len(keys) for keys in editor.earlier.values()))
-        return apply(editor, model, tokenizer, requests)
-
-    monkeypatch.setattr(AlphaEdit, "apply", cut)
-    with pytest.raises(KeyboardInterrupt):
-        run(output_dir=str(tmp_path / "split"), **settings)
-    monkeypatch.setattr(AlphaEdit, "apply", apply)
     load, loaded = AlphaEdit.load_memory_state, []
 
     def watched_load(editor, model, state):
@@ -247,11 +214,13 @@ def test_a_cut_sequential_run_resumes_with_its_memory_and_ends_equal(tmp_path, m
         load(editor, model, state)
 
     monkeypatch.setattr(AlphaEdit, "load_memory_state", watched_load)
-    resumed = run(output_dir=str(tmp_path / "split"), **settings)
-    assert calls == [0, 2]  # two edits; the second remembered the first one's key at both layers
+    overrides = {"steps": 3, "contexts_per_length": 0, "second_moment_tokens": 400}
+    whole, resumed, seen, infos = cut_and_resume(
+        tmp_path, monkeypatch, "alphaedit", overrides, lambda e: sum(len(k) for k in e.earlier.values())
+    )
+    assert seen == [0, 2]  # two edits; the second remembered the first one's key at both layers
     assert [set(n.values()) for n in loaded] == [{2}]  # the resumed run began from both edits' keys
     assert resumed["results"] == whole["results"]
     # what each write did depends on the keys remembered: equal only if the memory came back
-    infos = {name: [s["edit_info"] for s in _samples(tmp_path / name)] for name in ("whole", "split")}
     assert [set(info["earlier_keys"].values()) for info in infos["split"]] == [set(), {1}, {2}]
     assert infos["split"] == infos["whole"]

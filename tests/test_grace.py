@@ -4,17 +4,14 @@ restores, clears and survives a resumed sequential run."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from sequential_cut import cut_and_resume
 
-from harness import plugins
 from harness.activations import run_until
 from harness.answers import TargetBatch, pad_batch, prompt_ids
 from harness.api import EditorContext, EditRequest
 from harness.models import cache_dir
-from harness.runner import run
 from harness_plugins.methods.grace import GRACE, GRACEHparams
 from harness_plugins.methods.grace.codebook import Codebook
 
@@ -134,41 +131,12 @@ def test_settings_that_cannot_work_are_refused(bad):
         GRACEHparams(**bad)
 
 
-def _samples(output_dir) -> list[dict]:
-    lines = (output_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return sorted((json.loads(line) for line in lines), key=lambda sample: sample["record_id"])
-
-
 def test_a_cut_sequential_run_resumes_with_its_codebook_and_ends_equal(tmp_path, monkeypatch, tiny_llama):
-    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    plugins.load_plugins()
-    settings = dict(
-        editor="grace",
-        task="bizsre_en_zh",
-        model="tiny-llama",
-        data_dir=None,
-        limit=3,
-        mode="sequential",
-        overrides={"steps": 5, "radius": 0.05},
-        progress=False,
+    whole, resumed, seen, infos = cut_and_resume(
+        tmp_path, monkeypatch, "grace", {"steps": 5, "radius": 0.05}, lambda editor: len(editor.codebook)
     )
-    whole = run(output_dir=str(tmp_path / "whole"), **settings)
-    apply, calls = GRACE.apply, []
-
-    def cut(editor, model, tokenizer, requests):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(len(editor.codebook))
-        return apply(editor, model, tokenizer, requests)
-
-    monkeypatch.setattr(GRACE, "apply", cut)
-    with pytest.raises(KeyboardInterrupt):
-        run(output_dir=str(tmp_path / "split"), **settings)
-    monkeypatch.setattr(GRACE, "apply", apply)
-    resumed = run(output_dir=str(tmp_path / "split"), **settings)
-    assert calls == [0, 1]
+    assert seen == [0, 1]
     assert resumed["results"] == whole["results"]
-    infos = {name: [s["edit_info"] for s in _samples(tmp_path / name)] for name in ("whole", "split")}
     assert [info["entries"] for info in infos["split"]] == [1, 2, 3]  # the third edit saw both earlier
     assert infos["split"] == infos["whole"]
     mlp = tiny_llama.model.get_submodule("model.layers.2.mlp.down_proj")

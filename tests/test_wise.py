@@ -4,16 +4,13 @@ the side memory is a memory that restores, clears and survives a resumed sequent
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from sequential_cut import cut_and_resume
 
-from harness import plugins
 from harness.answers import TargetBatch
 from harness.api import EditorContext, EditRequest
 from harness.models import cache_dir
-from harness.runner import run
 from harness_plugins.methods.wise import WISE, WISEHparams
 from harness_plugins.methods.wise.memory import SideMemory, relative_scores, ties_merge
 
@@ -140,41 +137,13 @@ def test_settings_that_cannot_work_are_refused(bad):
         WISEHparams(**bad)
 
 
-def _samples(output_dir) -> list[dict]:
-    lines = (output_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return sorted((json.loads(line) for line in lines), key=lambda sample: sample["record_id"])
-
-
 def test_a_cut_sequential_run_resumes_with_its_side_memory_and_ends_equal(tmp_path, monkeypatch, tiny_llama):
-    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    plugins.load_plugins()
-    settings = dict(
-        editor="wise",
-        task="bizsre_en_zh",
-        model="tiny-llama",
-        data_dir=None,
-        limit=3,
-        mode="sequential",
-        overrides={"steps": 3, "lr": 0.1, "shard_size": 2},
-        progress=False,
+    overrides = {"steps": 3, "lr": 0.1, "shard_size": 2}
+    whole, resumed, seen, infos = cut_and_resume(
+        tmp_path, monkeypatch, "wise", overrides, lambda editor: editor.memory.edits
     )
-    whole = run(output_dir=str(tmp_path / "whole"), **settings)
-    apply, calls = WISE.apply, []
-
-    def cut(editor, model, tokenizer, requests):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(editor.memory.edits)
-        return apply(editor, model, tokenizer, requests)
-
-    monkeypatch.setattr(WISE, "apply", cut)
-    with pytest.raises(KeyboardInterrupt):
-        run(output_dir=str(tmp_path / "split"), **settings)
-    monkeypatch.setattr(WISE, "apply", apply)
-    resumed = run(output_dir=str(tmp_path / "split"), **settings)
-    assert calls == [0, 1]
+    assert seen == [0, 1]
     assert resumed["results"] == whole["results"]
-    infos = {name: [s["edit_info"] for s in _samples(tmp_path / name)] for name in ("whole", "split")}
     assert [(i["shard"], i["edits_in_memory"]) for i in infos["split"]] == [(0, 1), (0, 2), (1, 3)]
     assert infos["split"] == infos["whole"]
     assert not tiny_llama.model.base_model._forward_pre_hooks

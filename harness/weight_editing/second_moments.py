@@ -93,8 +93,7 @@ def _weight(model, module_name: str) -> torch.Tensor:
 
 
 def _input_width(model, module_name: str) -> int:
-    weight = _weight(model, module_name)
-    return weight.shape[0] if architecture(model).transposed else weight.shape[1]
+    return architecture(model).out_in(_weight(model, module_name))[1]
 
 
 def _second_moment_key(fingerprint: str, module_name: str, texts: Sequence[str], tokens: int, dtype) -> str:

@@ -21,6 +21,7 @@ from harness.activations import run_until
 from harness.answers import TargetBatch, pad_batch, prompt_ids
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
+from harness.optimisation import minimise
 from harness.runtime import MASTER_DTYPE, device_of
 from harness.weight_editing.values import add_to_output
 from harness_plugins.methods.grace.codebook import Codebook
@@ -62,8 +63,7 @@ class GRACE(Editor):
         check_layers("grace", "layer", (self.hparams.layer,), model)
         arch = architecture(model)
         self.module = model.get_submodule(arch.mlp_out.format(self.hparams.layer))
-        rows, columns = self.module.weight.shape
-        self.widths = (rows, columns) if arch.transposed else (columns, rows)  # (key, value)
+        self.widths = arch.out_in(self.module.weight)[::-1]  # (key, value)
         self.codebook = Codebook.empty(*self.widths, device_of(model))
 
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
@@ -118,14 +118,10 @@ class GRACE(Editor):
         delta = torch.zeros_like(output, requires_grad=True)
         optimiser = torch.optim.Adam([delta], lr=hp.lr)
         with add_to_output(self.module, torch.zeros_like(last), last, delta):
-            for step in range(hp.steps + 1):  # the extra pass only measures the final loss
-                loss = batch.nll_per_pair(model).mean()
-                if loss.item() < hp.stop_loss or step == hp.steps:
-                    break
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-        return (output + delta).detach(), {"steps": step, "final_loss": loss.item()}
+            steps, loss = minimise(
+                lambda: batch.nll_per_pair(model).mean(), optimiser, hp.steps, hp.stop_loss
+            )
+        return (output + delta).detach(), {"steps": steps, "final_loss": loss}
 
     def _use(self, codebook: Codebook) -> None:
         """Put ``codebook`` in force, with the hook on the MLP while it has entries and none after."""

@@ -10,6 +10,7 @@ import torch
 from harness.answers import TargetBatch
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
+from harness.optimisation import minimise
 from harness.runtime import device_of
 
 
@@ -73,15 +74,11 @@ class LoRA(Editor):
         batch = TargetBatch.of(tokenizer, [(r.prompt, r.target) for r in requests], device_of(model))
         optimiser = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=hp.lr)
         try:
-            for step in range(hp.steps + 1):  # the extra pass only measures the final loss
-                loss = batch.nll_per_pair(model).mean()
-                if loss.item() < hp.stop_loss or step == hp.steps:
-                    break
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
+            steps, loss = minimise(
+                lambda: batch.nll_per_pair(model).mean(), optimiser, hp.steps, hp.stop_loss
+            )
         finally:
             with torch.no_grad():
                 adapted.merge_and_unload()  # W += (alpha / rank) B A, the original modules back in place
-        edit.info = {"steps": step, "final_loss": loss.item(), "adapted": self.targets}
+        edit.info = {"steps": steps, "final_loss": loss, "adapted": self.targets}
         return edit

@@ -166,7 +166,7 @@ class MEND(Editor):
         self.log_step_sizes = torch.nn.ParameterDict()
         for index, weight_name in enumerate(self.modules):
             weight = model.get_parameter(weight_name)
-            width_out, width_in = weight.T.shape if self.transposed else weight.shape
+            width_out, width_in = arch.out_in(weight)
             self.transforms[str(index)] = GradientTransform(
                 width_in, width_out, hp.rank, hp.blocks, weight.device
             )

@@ -25,6 +25,7 @@ from harness.answers import TargetBatch, pad_batch, prompt_ids
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.model_text import PREFIX_TOP_K, SampleSpec, model_samples
 from harness.models import architecture, check_layers
+from harness.optimisation import minimise
 from harness.runtime import MASTER_DTYPE, device_of
 from harness_plugins.methods.wise.memory import SideMemory, relative_scores
 
@@ -37,7 +38,7 @@ class WISEHparams:
 
     layer: int = 4  # the side memory copies this layer's MLP output matrix
     steps: int = 70
-    lr: float = 1.0  # SGD on the shard's change
+    lr: float = 0.1  # SGD on the shard's change (the reference's 1.0 overshoots with these margins)
     mask_ratio: float = 0.2  # share of the matrix's entries one shard may change
     shard_size: int = 10  # edits per shard before it is merged and a new one starts
     density: float = 0.2  # TIES merge: share of each shard's entries kept before the sign election
@@ -79,8 +80,7 @@ class WISE(Editor):
         check_layers("wise", "layer", (self.hparams.layer,), model)
         arch = architecture(model)
         self.module = model.get_submodule(arch.mlp_out.format(self.hparams.layer))
-        rows, columns = self.module.weight.shape
-        self.shape = (columns, rows) if arch.transposed else (rows, columns)
+        self.shape = arch.out_in(self.module.weight)
 
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         request, hp, before = requests[0], self.hparams, self.memory
@@ -132,32 +132,34 @@ class WISE(Editor):
             shifted = out.to(MASTER_DTYPE) + torch.nn.functional.linear(args[0].to(MASTER_DTYPE), change)
             return shifted.to(out.dtype)
 
+        last: dict[str, torch.Tensor] = {}
+
+        def loss() -> torch.Tensor:
+            last["nll"] = batch.nll_per_pair(model).mean()
+            last["inside"] = inside = relative_scores(*edited, change)[0]
+            last["outside"] = outside = relative_scores(*unrelated, change)
+            margins = (
+                torch.relu(outside - inside + hp.gap).mean()
+                + torch.relu(outside - hp.out_of_scope).mean()
+                + torch.relu(hp.in_scope - inside)
+            )
+            return last["nll"] + margins
+
+        def only_the_shards_entries() -> None:
+            change.grad *= allowed
+
         with self._unrouted():
             edited, unrelated = self._inputs(model, batch.ids, batch.mask), self._inputs(model, ids, mask)
             handle = self.module.register_forward_hook(through_shard)
             try:
-                for step in range(hp.steps + 1):  # the extra pass only measures the final loss
-                    nll = batch.nll_per_pair(model).mean()
-                    inside = relative_scores(*edited, change)[0]
-                    outside = relative_scores(*unrelated, change)
-                    margins = (
-                        torch.relu(outside - inside + hp.gap).mean()
-                        + torch.relu(outside - hp.out_of_scope).mean()
-                        + torch.relu(hp.in_scope - inside)
-                    )
-                    if step == hp.steps:
-                        break
-                    optimiser.zero_grad()
-                    (nll + margins).backward()
-                    change.grad *= allowed
-                    optimiser.step()
+                steps, _ = minimise(loss, optimiser, hp.steps, before_step=only_the_shards_entries)
             finally:
                 handle.remove()
         info = {
-            "steps": step,
-            "final_nll": nll.item(),
-            "in_scope_score": inside.item(),
-            "out_of_scope_score": outside.max().item(),
+            "steps": steps,
+            "final_nll": last["nll"].item(),
+            "in_scope_score": last["inside"].item(),
+            "out_of_scope_score": last["outside"].max().item(),
         }
         return change.detach(), info
 
