@@ -9,7 +9,11 @@ __all__ = ["GRACE", "GRACEHparams"]
 # Per-model defaults, shipped the way a third-party editor ships them (the editor_defaults hook).
 # gemma3-270m: chosen on validation records (tuning/README.md). The tiny random test models have 4
 # layers: the codebook sits in a middle one.
-MODEL_DEFAULTS: dict[str, dict] = {"tiny-llama": {"layer": 2}}
+MODEL_DEFAULTS: dict[str, dict] = {
+    # layer 8 or smaller radii generalised less; from 0.4 unrelated Chinese questions fell inside
+    "gemma3-270m": {"layer": 12, "radius": 0.35},
+    "tiny-llama": {"layer": 2},
+}
 
 
 @hookimpl

@@ -9,7 +9,10 @@ __all__ = ["WISE", "WISEHparams"]
 # Per-model defaults, shipped the way a third-party editor ships them (the editor_defaults hook).
 # gemma3-270m: chosen on validation records (tuning/README.md). The tiny random test models have 4
 # layers: the side memory copies a middle one.
-MODEL_DEFAULTS: dict[str, dict] = {"tiny-llama": {"layer": 2}}
+MODEL_DEFAULTS: dict[str, dict] = {
+    "gemma3-270m": {"layer": 12},  # layers 4 and 8 generalised less, at the same locality
+    "tiny-llama": {"layer": 2},
+}
 
 
 @hookimpl
