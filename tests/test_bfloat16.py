@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 TASK = "bizsre_en_zh"
 RELIABILITY = "reliability.en.f1"
-EDITORS = ["ft-l", "ft-m", "ike", "kn", "memit", "mend", "rome", "serac"]
+EDITORS = ["alphaedit", "ft-l", "ft-m", "grace", "ike", "kn", "memit", "mend", "rome", "serac", "wise"]
 # fewer context prefixes, steps and layers than the tuned defaults keep both runs short on a CPU,
 # where bfloat16 is slower than float32; both dtypes use the same settings
 # ROME and MEMIT keep their tuned settings: with one context prefix a borderline record's value

@@ -104,6 +104,32 @@ def test_lora_adapter_writes_the_fact_on_gemma(direction, gemma, data_dir, tmp_p
     assert all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
 
 
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_alphaedit_writes_through_the_null_space_on_gemma(direction, gemma, data_dir, tmp_path):
+    results = _run("alphaedit", direction, data_dir, tmp_path)
+    samples = _reliability_rose(results, direction, tmp_path, by=40)
+    assert list(results["hparams"]["layers"]) == [2, 3, 4] and results["hparams"]["null_space_threshold"] == 1e-3
+    expected = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in (2, 3, 4)]
+    assert all(s["touched"] == expected for s in samples)
+    dims = samples[0]["edit_info"]["null_space_dims"]
+    assert set(dims) == {f"model.layers.{layer}.mlp.down_proj" for layer in (2, 3, 4)}
+    assert all(0 < d < 2048 for d in dims.values())  # a proper subspace of Gemma-3-270M's 2,048 keys
+
+
+@pytest.mark.parametrize("editor", ["grace", "wise"])
+@pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
+def test_memory_editors_write_without_touching_a_weight_on_gemma(
+    editor, direction, gemma, data_dir, tmp_path
+):
+    """GRACE and WISE: the fact is written, no weight changes, and unrelated questions in both
+    languages keep their answers (their outputs are the unedited model's unless routed)."""
+    results = _run(editor, direction, data_dir, tmp_path)
+    samples = _reliability_rose(results, direction, tmp_path, by=40)
+    assert all(s["touched"] == [] for s in samples)
+    post = results["results"][f"bizsre_{direction}"]
+    assert post["locality.en.f1"] >= 90 and post["locality.zh.f1"] >= 90, post
+
+
 def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
     results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]
