@@ -210,8 +210,8 @@ class Capabilities:
     in the weights, so they can accumulate (the sequential modes). ``memory``: the editor keeps a
     memory that edits add to (a codebook, a side memory, the keys of earlier edits); it implements
     ``memory_state``, ``load_memory_state`` and ``clear_memory``, and its edits accumulate in the
-    sequential modes even when they are not in the weights. Editors whose edits live elsewhere
-    (IKE's prompt, SERAC's retrieval) say ``in_weights=False`` and no memory: single and batch modes
+    sequential modes even when they are not in the weights. Editors whose edits live elsewhere (in
+    the prompt, in a retrieval store) say ``in_weights=False`` and no memory: single and batch modes
     only. ``changes_model``: False for an editor whose model is the unedited one (ability tasks may
     run with it). ``locates_subject``: it finds the subject's tokens in the prompt, so the harness
     aligns every request's subject with its prompt first (``harness.subjects``). ``trains``: it

@@ -5,7 +5,7 @@ A run that dies resumes: after each edit call the current value of every tensor 
 saved (``accumulated.pt``, with the originals), and so is the editor's memory for editors that keep
 one (``Capabilities.memory``), so a restart loads both instead of editing again. Edits must
 therefore live in the weights or in such a memory, which is why editors whose edits live elsewhere
-(IKE's prompt, SERAC's retrieval) do not offer these modes (``harness.api.Capabilities``).
+(in the prompt, in a retrieval store) do not offer these modes (``harness.api.Capabilities``).
 """
 
 from __future__ import annotations
