@@ -108,7 +108,8 @@ def test_lora_adapter_writes_the_fact_on_gemma(direction, gemma, data_dir, tmp_p
 def test_alphaedit_writes_through_the_null_space_on_gemma(direction, gemma, data_dir, tmp_path):
     results = _run("alphaedit", direction, data_dir, tmp_path)
     samples = _reliability_rose(results, direction, tmp_path, by=40)
-    assert list(results["hparams"]["layers"]) == [2, 3, 4] and results["hparams"]["null_space_threshold"] == 1e-3
+    hparams = results["hparams"]
+    assert list(hparams["layers"]) == [2, 3, 4] and hparams["null_space_threshold"] == 1e-3
     expected = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in (2, 3, 4)]
     assert all(s["touched"] == expected for s in samples)
     dims = samples[0]["edit_info"]["null_space_dims"]
