@@ -114,7 +114,7 @@ class ModelSource:
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    tokenizer: Any
+    tokenizer: Any  # shared by every load of the same checkpoint in this process: read it, never set it
     identity: dict[str, Any]
     runtime: ModelRuntime
 
@@ -184,7 +184,8 @@ _COMPLETE = "harness-converted.json"
 def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32) -> tuple[Path, str]:
     """Dequantise a GGUF file into ``root/models/<sha>`` (``<sha>-<dtype>`` for other than float32);
     return that directory and the file hash. A bfloat16 checkpoint holds exactly the float32 one's
-    values rounded to bfloat16, at half the size."""
+    values rounded to bfloat16, at half the size; it is rounded from the float32 checkpoint when that
+    exists (seconds instead of a second dequantisation)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sha = file_sha256(gguf_path)
@@ -195,15 +196,19 @@ def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32
     log.info("converting %s to a %s checkpoint in %s (once)", gguf_path.name, dtype_name(dtype), target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    kwargs = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
-    config = quantised.config
+    full = root / "models" / sha[:24]
+    if dtype != torch.float32 and (full / _COMPLETE).exists():
+        source, kwargs = full, {}
+    else:
+        source, kwargs = gguf_path.parent, {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **kwargs)
+    config = loaded.config
     config.quantization_config = None
     if hasattr(config, "__dict__"):
         config.__dict__.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict())
+    plain.load_state_dict(loaded.state_dict())
     plain.to(dtype)
     plain.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
@@ -212,10 +217,23 @@ def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32
     return target, sha
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(location: str, content: str) -> Any:
+    """The checkpoint's tokenizer, loaded once per process: parsing a 262k-token vocabulary takes
+    seconds, and a leaderboard or test session loads the same model for every run. ``content`` (the
+    weights' fingerprint) keys a directory whose files were replaced."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement | None = None) -> LoadedModel:
     """Resolve ``spec`` (registered name, local dir, .gguf file, or hub id) and load it for editing,
     on the device(s) and in the dtype ``placement`` asks for."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     placement = placement or Placement()
     root = cache_dir()
@@ -243,7 +261,7 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
         stored = AutoConfig.from_pretrained(str(location))
         dtype = resolve_dtype(placement.dtype, getattr(stored, "dtype", None))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(location))
+        tokenizer = _tokenizer(str(location), identity.get("sha256", spec))
         model, loading = AutoModelForCausalLM.from_pretrained(
             str(location), output_loading_info=True, **_placement_kwargs(placement, device, dtype)
         )
@@ -259,8 +277,6 @@ def load_model(spec: str, sources: dict[str, ModelSource], placement: Placement 
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     runtime = ModelRuntime(
         device=model.get_input_embeddings().weight.device,
         dtype=dtype,

@@ -33,6 +33,14 @@ def test_local_directory_loads_with_a_content_fingerprint(tiny_llama, tmp_path):
         assert not param.requires_grad
 
 
+def test_a_checkpoint_tokenizer_is_parsed_once_per_process(tiny_llama, tiny_gpt2):
+    first, again = (load_model("tiny-llama", plugins.models()) for _ in range(2))
+    assert again.tokenizer is first.tokenizer  # the same object: no second parse
+    assert again.model is not first.model  # weights are never shared between loads
+    assert load_model("tiny-gpt2", plugins.models()).tokenizer is not first.tokenizer
+    assert all(t.tokenizer.pad_token_id is not None for t in (again, tiny_gpt2))  # set on the shared one
+
+
 HUB_PROBE = """
 import json, pathlib, sys
 from harness.models import load_model
