@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from harness import plugins
 from harness.models import load_model
+from harness.runner import run
 
 torch.set_num_threads(2)
 
@@ -64,6 +68,27 @@ def gemma(harness_cache):
         return load_model("gemma3-270m", plugins.models())
     except Exception as error:  # noqa: BLE001 - turn a missing package into a clear failure
         pytest.fail(f"demo model gemma3-270m unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def demo_run(gemma, data_dir, tmp_path_factory) -> Callable[..., tuple[dict, Path]]:
+    """``run`` on the demo model and the shared data, once per distinct set of options in a session:
+    the end-to-end and bfloat16 tests ask for the same float32 runs, a minute each. Returns a copy of
+    the results and the run's output directory (shared: read it, never write it)."""
+    done: dict[str, tuple[dict, Path]] = {}
+
+    def run_once(**options) -> tuple[dict, Path]:
+        key = json.dumps(options, sort_keys=True)
+        if key not in done:
+            out = tmp_path_factory.mktemp("demo-run")
+            results = run(
+                model="gemma3-270m", data_dir=str(data_dir), output_dir=str(out), progress=False, **options
+            )
+            done[key] = (results, out)
+        results, out = done[key]
+        return copy.deepcopy(results), out
+
+    return run_once
 
 
 @pytest.fixture

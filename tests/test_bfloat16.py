@@ -8,6 +8,7 @@ runs' caches and output directories are not shared with float32 ones.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,19 +34,25 @@ LIGHTER = {
 }
 
 
-def _run(editor: str, dtype: str, data_dir, out) -> dict:
-    settings = {k: str(v) for k, v in {**TRAINED.get(editor, {}), **LIGHTER.get(editor, {})}.items()}
+def _settings(editor: str) -> dict[str, str]:
+    return {k: str(v) for k, v in {**TRAINED.get(editor, {}), **LIGHTER.get(editor, {})}.items()}
+
+
+def _train(editor: str, data_dir, **placement) -> None:
     if editor in TRAINED:
         train(
             editor,
             train_data="zsre_en",
             model="gemma3-270m",
             data_dir=str(data_dir),
-            overrides=settings,
+            overrides=_settings(editor),
             progress=False,
-            dtype=dtype,
-            device="cpu",
+            **placement,
         )
+
+
+def _bfloat16_run(editor: str, data_dir, out) -> dict:
+    _train(editor, data_dir, dtype="bfloat16", device="cpu")
     return run(
         editor=editor,
         task=TASK,
@@ -53,11 +60,18 @@ def _run(editor: str, dtype: str, data_dir, out) -> dict:
         data_dir=str(data_dir),
         output_dir=str(out),
         limit=3,
-        overrides=settings,
+        overrides=_settings(editor),
         progress=False,
-        dtype=dtype,
+        dtype="bfloat16",
         device="cpu",
     )
+
+
+def _float32_run(editor: str, data_dir, demo_run) -> tuple[dict, Path]:
+    """The demo model's default run on CPU (float32), the one the end-to-end tests make."""
+    _train(editor, data_dir)
+    settings = _settings(editor)
+    return demo_run(editor=editor, task=TASK, limit=3, **({"overrides": settings} if settings else {}))
 
 
 def test_bfloat16_and_float32_caches_are_apart(gemma):
@@ -72,13 +86,13 @@ def test_bfloat16_and_float32_caches_are_apart(gemma):
 
 
 @pytest.mark.parametrize("editor", EDITORS)
-def test_editor_in_bfloat16_matches_float32(editor, gemma, data_dir, tmp_path):
-    half = _run(editor, "bfloat16", data_dir, tmp_path / "bf16")
-    full = _run(editor, "float32", data_dir, tmp_path / "fp32")
+def test_editor_in_bfloat16_matches_float32(editor, demo_run, data_dir, tmp_path):
+    half = _bfloat16_run(editor, data_dir, tmp_path)
+    full, full_out = _float32_run(editor, data_dir, demo_run)
     assert half["model"]["dtype"] == "bfloat16" and full["model"]["dtype"] == "float32"
     assert half["record_ids"] == full["record_ids"]
     edited, unedited = half["results"][TASK][RELIABILITY], full["results"][TASK][RELIABILITY]
     assert abs(edited - unedited) <= 10, f"{editor}: reliability {edited:.1f} in bf16, {unedited:.1f} in fp32"
-    manifests = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("bf16", "fp32")]
+    manifests = [json.loads((out / "run.json").read_text()) for out in (tmp_path, full_out)]
     assert manifests[0]["runtime"] == {"dtype": "bfloat16", "device": "cpu"}
     assert manifests[1]["runtime"] == {"dtype": "float32", "device": "cpu"}

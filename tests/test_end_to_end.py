@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from harness.runner import run
 from harness.uncertainty import metric_keys, stderr_key
 
 pytestmark = pytest.mark.slow
@@ -19,17 +19,9 @@ KEYS = {
 }
 
 
-def _run(editor: str, direction: str, data_dir, out, **options):
-    return run(
-        editor=editor,
-        task=f"bizsre_{direction}",
-        model="gemma3-270m",
-        data_dir=str(data_dir),
-        output_dir=str(out),
-        limit=3,
-        progress=False,
-        **options,
-    )
+def _run(demo_run, editor: str, direction: str, **options) -> tuple[dict, Path]:
+    """The editor's run on the first 3 records (shared with the bfloat16 test's float32 half)."""
+    return demo_run(editor=editor, task=f"bizsre_{direction}", limit=3, **options)
 
 
 def _reliability_rose(results: dict, direction: str, out, by: float) -> list[dict]:
@@ -43,9 +35,9 @@ def _reliability_rose(results: dict, direction: str, out, by: float) -> list[dic
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
+def test_rome_raises_edit_language_reliability_on_gemma(direction, demo_run):
     edit_language = direction[:2]
-    results = _run("rome", direction, data_dir, tmp_path)
+    results, out = _run(demo_run, "rome", direction)
     task = f"bizsre_{direction}"
     post, pre = results["results"][task], results["pre_edit"][task]
     reliability_keys = {f"reliability.{edit_language}.f1", f"reliability.{edit_language}.em"}
@@ -57,7 +49,7 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
     assert post[reliability] >= 60
     assert results["n-samples"] == {task: 3}
     assert results["model"]["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["record_id"] for s in samples] == ["0", "1", "2"]
     layer = results["hparams"]["layer"]
     assert all(s["touched"] == [f"model.layers.{layer}.mlp.down_proj.weight"] for s in samples)
@@ -65,14 +57,14 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, gemma, data_d
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("memit", direction, data_dir, tmp_path)
+def test_memit_raises_edit_language_reliability_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "memit", direction)
     task, language = f"bizsre_{direction}", direction[:2]
     post, pre = results["results"][task], results["pre_edit"][task]
     assert len(metric_keys(post)) == 14
     reliability = f"reliability.{language}.f1"
     assert post[reliability] >= pre[reliability] + 40, (pre[reliability], post[reliability])
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     layers = results["hparams"]["layers"]
     expected = sorted(f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers)
     assert all(s["touched"] == expected for s in samples)
@@ -80,9 +72,9 @@ def test_memit_raises_edit_language_reliability_on_gemma(direction, gemma, data_
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("rect-rome", direction, data_dir, tmp_path)
-    samples = _reliability_rose(results, direction, tmp_path, by=30)
+def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "rect-rome", direction)
+    samples = _reliability_rose(results, direction, out, by=30)
     assert results["hparams"]["layer"] == 4 and results["hparams"]["rect"] == 0.2  # ROME's tuned layer
     weight = "model.layers.4.mlp.down_proj.weight"
     kept = -(-2 * 640 * 2048 // 10)  # ceil(0.2 * entries) of Gemma-3-270M's 640 x 2048 down-projection
@@ -90,24 +82,24 @@ def test_rect_rome_keeps_a_fifth_of_the_update_and_still_edits_on_gemma(directio
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_emmet_writes_a_batch_of_three_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("emmet", direction, data_dir, tmp_path, mode="batch", batch_size=3)
-    samples = _reliability_rose(results, direction, tmp_path, by=30)
+def test_emmet_writes_a_batch_of_three_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "emmet", direction, mode="batch", batch_size=3)
+    samples = _reliability_rose(results, direction, out, by=30)
     assert all(s["batch"]["records"] == ["0", "1", "2"] for s in samples)
     assert len(samples[0]["edit_info"]["delta_norm"]) == 3 and results["hparams"]["layer"] == 4
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_lora_adapter_writes_the_fact_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("lora", direction, data_dir, tmp_path)
-    samples = _reliability_rose(results, direction, tmp_path, by=40)
+def test_lora_adapter_writes_the_fact_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "lora", direction)
+    samples = _reliability_rose(results, direction, out, by=40)
     assert all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_alphaedit_writes_through_the_null_space_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("alphaedit", direction, data_dir, tmp_path)
-    samples = _reliability_rose(results, direction, tmp_path, by=40)
+def test_alphaedit_writes_through_the_null_space_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "alphaedit", direction)
+    samples = _reliability_rose(results, direction, out, by=40)
     hparams = results["hparams"]
     assert list(hparams["layers"]) == [2, 3, 4] and hparams["null_space_threshold"] == 1e-3
     expected = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in (2, 3, 4)]
@@ -119,34 +111,32 @@ def test_alphaedit_writes_through_the_null_space_on_gemma(direction, gemma, data
 
 @pytest.mark.parametrize("editor", ["grace", "wise"])
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_memory_editors_write_without_touching_a_weight_on_gemma(
-    editor, direction, gemma, data_dir, tmp_path
-):
+def test_memory_editors_write_without_touching_a_weight_on_gemma(editor, direction, demo_run):
     """GRACE and WISE: the fact is written, no weight changes, and unrelated questions in both
     languages keep their answers (their outputs are the unedited model's unless routed)."""
-    results = _run(editor, direction, data_dir, tmp_path)
-    samples = _reliability_rose(results, direction, tmp_path, by=40)
+    results, out = _run(demo_run, editor, direction)
+    samples = _reliability_rose(results, direction, out, by=40)
     assert all(s["touched"] == [] for s in samples)
     post = results["results"][f"bizsre_{direction}"]
     assert post["locality.en.f1"] >= 90 and post["locality.zh.f1"] >= 90, post
 
 
-def test_memit_batch_of_three_on_gemma(gemma, data_dir, tmp_path):
-    results = _run("memit", "en_zh", data_dir, tmp_path, mode="batch", batch_size=3)
+def test_memit_batch_of_three_on_gemma(demo_run):
+    results, out = _run(demo_run, "memit", "en_zh", mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]
     assert post["reliability.en.f1"] >= pre["reliability.en.f1"] + 40
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(s["batch"]["records"] == ["0", "1", "2"] for s in samples)
     assert all(len(s["edit_info"]["value_steps"]) == 3 for s in samples)
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_kn_edits_chosen_neurons_on_gemma(direction, gemma, data_dir, tmp_path):
-    results = _run("kn", direction, data_dir, tmp_path)
+def test_kn_edits_chosen_neurons_on_gemma(direction, demo_run):
+    results, out = _run(demo_run, "kn", direction)
     task = f"bizsre_{direction}"
     assert len(metric_keys(results["results"][task])) == 14
     hparams = results["hparams"]
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     for sample in samples:
         neurons = sample["edit_info"]["neurons"]
         assert neurons and all(layer in (hparams["layers"] or range(18)) for layer, _ in neurons)
@@ -160,16 +150,16 @@ def test_kn_edits_chosen_neurons_on_gemma(direction, gemma, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_ike_edits_in_context_on_gemma(direction, gemma, data_dir, tmp_path):
+def test_ike_edits_in_context_on_gemma(direction, demo_run):
     # a 1,000-record pool keeps the one-off MiniLM embedding of the pool short
-    results = _run("ike", direction, data_dir, tmp_path, overrides={"pool_size": 1000})
+    results, out = _run(demo_run, "ike", direction, overrides={"pool_size": "1000"})
     task, language = f"bizsre_{direction}", direction[:2]
     post, pre = results["results"][task], results["pre_edit"][task]
     assert len(metric_keys(post)) == 14
     reliability = f"reliability.{language}.f1"
     assert post[reliability] >= 90 and post[reliability] >= pre[reliability] + 40, (pre, post)
     assert {"ike/demonstration.jinja", "ike/probe.jinja"} <= set(results["templates"])
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     encoder = "minilm" if language == "en" else "char-ngram"  # MiniLM covers English pools only
     for sample in samples:
         info = sample["edit_info"]

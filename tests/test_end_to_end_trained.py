@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.runner import run, train
+from harness.runner import train
 from harness.uncertainty import metric_keys
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ SMALL = {
 }
 
 
-def _train_and_run(editor, direction, data_dir, out):
+def _train_and_run(editor, direction, data_dir, demo_run):
     language = direction[:2]
     settings = {k: str(v) for k, v in SMALL[editor].items()}
     summary = train(
@@ -41,23 +41,14 @@ def _train_and_run(editor, direction, data_dir, out):
         overrides=settings,
         progress=False,
     )
-    results = run(
-        editor=editor,
-        task=f"bizsre_{direction}",
-        model="gemma3-270m",
-        data_dir=str(data_dir),
-        output_dir=str(out),
-        limit=3,
-        overrides=settings,
-        progress=False,
-    )
+    results, out = demo_run(editor=editor, task=f"bizsre_{direction}", limit=3, overrides=settings)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     return summary, results, samples
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, gemma, data_dir, tmp_path):
-    summary, results, samples = _train_and_run("serac", direction, data_dir, tmp_path)
+def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, data_dir, demo_run):
+    summary, results, samples = _train_and_run("serac", direction, data_dir, demo_run)
     task, language = f"bizsre_{direction}", direction[:2]
     assert summary["train_examples"] == 40 and summary["data"]["name"] == f"zsre_{language}"
     assert summary["classifier"]["scope_recall"] >= 0.8
@@ -76,8 +67,8 @@ def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, g
 
 
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
-def test_mend_edits_the_last_mlp_matrices_and_restores_them(direction, gemma, data_dir, tmp_path):
-    summary, results, samples = _train_and_run("mend", direction, data_dir, tmp_path)
+def test_mend_edits_the_last_mlp_matrices_and_restores_them(direction, data_dir, demo_run):
+    summary, results, samples = _train_and_run("mend", direction, data_dir, demo_run)
     task = f"bizsre_{direction}"
     assert summary["final"]["step"] == 10
     assert len(metric_keys(results["results"][task])) == 14
