@@ -65,6 +65,23 @@ def run_until(
     return [seen[i] for i in range(len(modules))]
 
 
+def input_and_output(
+    model, ids: torch.Tensor, mask: torch.Tensor, module: torch.nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``module``'s input and its own output on ``ids`` (read before any other hook on it may replace
+    the output), without running the layers above it."""
+    seen: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(
+        lambda _m, args, out: seen.update(input=args[0].detach(), output=out.detach()), prepend=True
+    )
+    try:
+        with torch.no_grad():
+            run_until(model, ids, mask, [module], "output")
+    finally:
+        handle.remove()
+    return seen["input"], seen["output"]
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     return model.get_submodule(architecture(model).layers)
 

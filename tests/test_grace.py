@@ -103,11 +103,32 @@ def test_a_near_key_with_the_same_answer_widens_its_entry_and_with_another_answe
     other = EditRequest(near.prompt, "Oslo", "Zorvik Tower", "en", record_id="2")
     split = editor.apply(model, tokenizer, [other])
     assert split.info["action"] == "split" and editor.codebook.labels == ("Lisbon", "Oslo")
-    torch.testing.assert_close(editor.codebook.radii, torch.full((2,), d / 2), rtol=1e-5, atol=0)
+    new_key = _keys(model, tokenizer, editor.module, near.prompt)[0][-1]
+    halves = torch.tensor([min(wide, d / 2), min(0.3 * float(new_key.norm()), d / 2)])  # never wider
+    torch.testing.assert_close(editor.codebook.radii, halves, rtol=1e-5, atol=0)
     split.restore()
     assert len(editor.codebook) == 1 and float(editor.codebook.radii[0]) == wide
     first.restore()
     assert len(editor.codebook) == 0 and editor.hook is None
+
+
+def test_the_same_prompt_edited_with_another_answer_overwrites_its_entry(tiny_llama):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    editor = _editor(model, tokenizer, radius=0.05)
+    first = editor.apply(model, tokenizer, [EDITED])
+    held, lisbon = float(editor.codebook.radii[0]), editor.codebook.values[0]
+    again = EditRequest(EDITED.prompt, "Oslo", EDITED.subject, "en", record_id="1")
+    second = editor.apply(model, tokenizer, [again])
+    assert second.info["action"] == "overwrite" and second.info["nearest"] == 0.0
+    assert editor.codebook.labels == ("Oslo",) and float(editor.codebook.radii[0]) == held
+    _, outputs = _keys(model, tokenizer, editor.module, EDITED.prompt)
+    assert torch.equal(outputs[-1], editor.codebook.values[0]) and not torch.equal(outputs[-1], lisbon)
+    batch = TargetBatch.of(tokenizer, [(EDITED.prompt, "Oslo")], "cpu")
+    with torch.no_grad():  # the value answering is the one trained for the new answer
+        assert float(batch.nll_per_pair(model)) == pytest.approx(second.info["final_loss"], rel=1e-5)
+    second.restore()
+    assert editor.codebook.labels == ("Lisbon",) and torch.equal(editor.codebook.values[0], lisbon)
+    first.restore()
 
 
 def test_the_memory_is_saved_put_back_and_cleared(tiny_llama):

@@ -147,3 +147,22 @@ def test_a_cut_sequential_run_resumes_with_its_side_memory_and_ends_equal(tmp_pa
     assert [(i["shard"], i["edits_in_memory"]) for i in infos["split"]] == [(0, 1), (0, 2), (1, 3)]
     assert infos["split"] == infos["whole"]
     assert not tiny_llama.model.base_model._forward_pre_hooks
+
+
+def test_the_unrelated_texts_are_written_by_the_main_memory_alone(tiny_llama, monkeypatch):
+    """With edits in force, texts sampled for a new language must still be the unedited model's: they
+    are cached under the weights' fingerprint, which the side memory does not change."""
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    editor = _editor(model, tokenizer, steps=2)
+    routing_while_sampling = []
+
+    def sampled(*args, **kwargs):
+        routing_while_sampling.append(editor.routing)
+        return ["What do bees make?", "Rivers flow into the"]
+
+    monkeypatch.setattr("harness_plugins.methods.wise.editor.model_samples", sampled)
+    first = editor.apply(model, tokenizer, [REQUESTS[0]])
+    second = editor.apply(model, tokenizer, [REQUESTS[1]])  # the router is on for the first edit
+    assert editor.memory.edits == 2 and routing_while_sampling == [False, False]
+    second.restore()
+    first.restore()

@@ -30,7 +30,10 @@ class Codebook:
 
     def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query row, the distance to the closest key and that key's index."""
-        distances = torch.cdist(queries.to(MASTER_DTYPE), self.keys.to(queries.device))
+        # the exact distances, not the matrix-product shortcut cdist takes for over 25 rows, which
+        # puts identical vectors a rounding error apart
+        exact = "donot_use_mm_for_euclid_dist"
+        distances = torch.cdist(queries.to(MASTER_DTYPE), self.keys.to(queries.device), compute_mode=exact)
         return distances.min(dim=-1)
 
     def replace(self, keys: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -53,6 +56,12 @@ class Codebook:
             torch.cat([self.values, value[None].to(self.values)]),
             torch.cat([self.radii, torch.tensor([radius], dtype=self.radii.dtype, device=self.radii.device)]),
             (*self.labels, label),
+        )
+
+    def without(self, index: int) -> Codebook:
+        kept = [i for i in range(len(self)) if i != index]
+        return Codebook(
+            self.keys[kept], self.values[kept], self.radii[kept], tuple(self.labels[i] for i in kept)
         )
 
     def with_radius(self, index: int, radius: float) -> Codebook:

@@ -5,9 +5,10 @@ activation at a token) to values that replace its output there, each key with a 
 An edit reads the key at the prompt's last token. Far from every entry (further than the nearest
 entry's radius plus the new one's) it adds an entry whose value is trained so that the model
 answers the target; near an entry written for the same answer it widens that entry's radius to
-reach the new key; near an entry for another answer it shrinks both radii to half their distance
-and adds the new entry. At inference every position whose key lies inside some radius gets that
-entry's value; all other outputs are the unedited model's, bit for bit.
+reach the new key; near an entry for another answer it adds the new entry with both radii at most
+half their distance (an entry's radius never grows in a split); at that entry's very key (the same
+prompt edited again) the new answer replaces the entry. At inference every position whose key lies
+inside some radius gets that entry's value; all other outputs are the unedited model's, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.activations import run_until
+from harness.activations import input_and_output
 from harness.answers import TargetBatch, pad_batch, prompt_ids
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.models import architecture, check_layers
@@ -25,6 +26,8 @@ from harness.optimisation import minimise
 from harness.runtime import MASTER_DTYPE, device_of
 from harness.weight_editing.values import add_to_output
 from harness_plugins.methods.grace.codebook import Codebook
+
+SAME_KEY = 1e-4  # keys closer than this share of their length are one key: an edit there overwrites
 
 
 @dataclass(frozen=True)
@@ -73,18 +76,21 @@ class GRACE(Editor):
         radius = self.hparams.radius * float(key.norm())
         info: dict[str, Any] = {"key_norm": float(key.norm())}
         if len(before):
-            distance, index = (float(t) for t in before.nearest(key[None]))
-            info["nearest"] = distance
-        if not len(before) or distance > radius + float(before.radii[int(index)]):
+            distance, nearest = before.nearest(key[None])
+            distance, index = float(distance), int(nearest)
+            info["nearest"], held = distance, float(before.radii[index])
+        if not len(before) or distance > radius + held:
             info["action"], book = "add", before
-        elif before.labels[int(index)] == request.target:
+        elif before.labels[index] == request.target:
             info["action"] = "expand"
-            self._use(before.with_radius(int(index), max(distance, float(before.radii[int(index)]))))
+            self._use(before.with_radius(index, max(distance, held)))
+        elif distance <= SAME_KEY * float(key.norm()):
+            info["action"], radius, book = "overwrite", held, before.without(index)
         else:
-            info["action"], radius = "split", distance / 2
-            book = before.with_radius(int(index), radius)
+            info["action"], radius = "split", min(radius, distance / 2)
+            book = before.with_radius(index, min(held, distance / 2))
         if info["action"] != "expand":
-            self._use(book)  # the old entries in force (a split's shrunk) while the value is trained
+            self._use(book)  # the other entries in force (a split's shrunk) while the value is trained
             value, training = self._train_value(model, tokenizer, request, output)
             self._use(book.with_entry(key, value, radius, request.target))
             info.update(training, radius=radius)
@@ -98,16 +104,8 @@ class GRACE(Editor):
         """The MLP's hidden activation and its own output at the prompt's last token (read before
         the codebook's hook could replace it)."""
         ids, mask = pad_batch([prompt_ids(tokenizer, prompt)], tokenizer.pad_token_id, device_of(model))
-        seen: dict[str, torch.Tensor] = {}
-        handle = self.module.register_forward_hook(
-            lambda _, args, out: seen.update(key=args[0], out=out), prepend=True
-        )
-        try:
-            with torch.no_grad():
-                run_until(model, ids, mask, [self.module], "output")
-        finally:
-            handle.remove()
-        return seen["key"][0, -1].to(MASTER_DTYPE), seen["out"][0, -1].to(MASTER_DTYPE)
+        key, output = input_and_output(model, ids, mask, self.module)
+        return key[0, -1].to(MASTER_DTYPE), output[0, -1].to(MASTER_DTYPE)
 
     def _train_value(self, model, tokenizer, request, output) -> tuple[torch.Tensor, dict[str, Any]]:
         """A value for the prompt's last token that makes the model answer the target (Adam on the

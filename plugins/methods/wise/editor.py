@@ -7,9 +7,13 @@ Each edit trains the side memory's current shard (SGD on the target NLL plus mar
 make the shard's relative output change large on the edit and small on unrelated text the model
 wrote), changing only the shard's random ``mask_ratio`` share of entries. After ``shard_size``
 edits the shard is full: it joins the full shards, which are TIES-merged into one memory, and a new
-shard with a new mask starts. A query goes to the memory (the merge or the working shard) whose
-relative change on it is largest, if that reaches ``act_ratio`` times the smallest score of the
-edits that memory holds; otherwise the main memory answers, bit for bit as the unedited model.
+shard with a new mask starts. Each row of a forward pass goes to the memory (the merge or the
+working shard) that changes it most among those whose change reaches ``act_ratio`` times the
+smallest score of the edits that memory holds (each score as measured when its edit was written);
+otherwise the main memory answers, bit for bit as the unedited model. Like the reference, the
+router sees the tokens of the pass under way: a teacher-forced probe is routed as a whole, while
+with a KV cache (a few-shot context encoded once, answers generated token by token) every call is
+routed on its own new tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import torch
 
-from harness.activations import run_until
+from harness.activations import input_and_output
 from harness.answers import TargetBatch, pad_batch, prompt_ids
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest
 from harness.model_text import PREFIX_TOP_K, SampleSpec, model_samples
@@ -46,7 +50,7 @@ class WISEHparams:
     in_scope: float = 0.5  # margin: the relative output change on an edit should reach this
     out_of_scope: float = 0.05  # margin: and stay below this on unrelated text
     gap: float = 0.3  # margin: and exceed the unrelated texts' by this much
-    unrelated: int = 4  # model-written texts the out-of-scope margin is trained on, per edit
+    unrelated: int = 4  # model-written texts for the out-of-scope margin (seeded: the same for each edit)
 
     def __post_init__(self) -> None:
         for name in ("mask_ratio", "density", "act_ratio"):
@@ -104,14 +108,7 @@ class WISE(Editor):
 
     def _inputs(self, model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The MLP's inputs and its own outputs on ``ids``, with their attention mask."""
-        seen: dict[str, torch.Tensor] = {}
-        handle = self.module.register_forward_hook(lambda _, args, out: seen.update(inputs=args[0], out=out))
-        try:
-            with torch.no_grad():
-                run_until(model, ids, mask, [self.module], "output")
-        finally:
-            handle.remove()
-        return seen["inputs"], seen["out"], mask
+        return (*input_and_output(model, ids, mask, self.module), mask)
 
     def _train(self, model, tokenizer, request, start, allowed) -> tuple[torch.Tensor, dict[str, Any]]:
         """The working shard's change after training it on ``request`` (from ``start``), with the
@@ -119,10 +116,6 @@ class WISE(Editor):
         hp = self.hparams
         batch = TargetBatch.of(tokenizer, [(request.prompt, request.target)], device_of(model))
         spec = SampleSpec(request.language, UNRELATED_LENGTH, hp.unrelated, PREFIX_TOP_K, self.context.seed)
-        texts = model_samples(model, tokenizer, spec, self.context.cache_dir)
-        ids, mask = pad_batch(
-            [prompt_ids(tokenizer, t) for t in texts], tokenizer.pad_token_id, device_of(model)
-        )
         device = self.module.weight.device
         change = torch.zeros(self.shape, dtype=MASTER_DTYPE, device=device) if start is None else start
         change = change.clone().requires_grad_(True)
@@ -148,7 +141,11 @@ class WISE(Editor):
         def only_the_shards_entries() -> None:
             change.grad *= allowed
 
-        with self._unrouted():
+        with self._unrouted():  # the unedited model writes the texts (they are cached by its weights)
+            texts = model_samples(model, tokenizer, spec, self.context.cache_dir)
+            ids, mask = pad_batch(
+                [prompt_ids(tokenizer, t) for t in texts], tokenizer.pad_token_id, device_of(model)
+            )
             edited, unrelated = self._inputs(model, batch.ids, batch.mask), self._inputs(model, ids, mask)
             handle = self.module.register_forward_hook(through_shard)
             try:

@@ -80,8 +80,8 @@ class SideMemory:
 
     def route(self, inputs, outputs, mask, act_ratio: float) -> torch.Tensor:
         """``outputs`` (the main memory's) with every row whose relative score under some memory
-        reaches that memory's threshold replaced by the output of the memory it moves most; the
-        very same tensor when no row does."""
+        reaches that memory's threshold replaced by the output of the memory, among those, that moves
+        it most; the very same tensor when no row does."""
         best = torch.zeros(len(outputs), dtype=MASTER_DTYPE, device=outputs.device)
         chosen: torch.Tensor | None = None
         for delta, threshold in self.candidates(act_ratio):
