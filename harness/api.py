@@ -163,7 +163,8 @@ class Edit:
         return sorted(self.originals)
 
     def restore(self) -> None:
-        """Copy back the original tensors and check each is bit-identical; idempotent."""
+        """Undo what the edit added outside the weights, then copy back the original tensors and
+        check each is bit-identical; idempotent."""
         if self.restored:
             return
         while self.undo:

@@ -155,8 +155,8 @@ class Accumulating:
             return
         self.pre, self.decay = pre, _decay_logged(self.run.output_dir)
         unedited = ModelFingerprint.of(self.run.model)
-        self.state.put_back(self.run.model, self.run.editor)
         try:
+            self.state.put_back(self.run.model, self.run.editor)
             yield
             if self.run.after_edits is not None:
                 self.run.after_edits()

@@ -51,7 +51,8 @@ class AlphaEdit(MEMIT):
 
     def __init__(self, hparams: AlphaEditHparams):
         super().__init__(hparams)
-        self.projectors: dict[str, torch.Tensor] = {}
+        self.projectors: dict[str, torch.Tensor] = {}  # per MLP output module, on its weight's device
+        self.null_space_dims: dict[str, int] = {}
         self.earlier: dict[str, torch.Tensor] = {}  # per MLP output module: K_p^T, (edits, d_in), float64
         self.written: dict[str, torch.Tensor] = {}  # the keys the current edit call wrote, per module
 
@@ -64,11 +65,13 @@ class AlphaEdit(MEMIT):
         moments = second_moments(
             model, tokenizer, names, texts, hp.second_moment_tokens, Path(context.cache_dir)
         )
-        device = model.get_submodule(names[0]).weight.device
         self.projectors = {
-            name: null_space_projector(moment.to(device), hp.null_space_threshold)
+            name: null_space_projector(
+                moment.to(model.get_submodule(name).weight.device), hp.null_space_threshold
+            )
             for name, moment in moments.items()
         }
+        self.null_space_dims = {name: round(float(torch.trace(p))) for name, p in self.projectors.items()}
 
     def write(self, model, layer: int, keys: torch.Tensor, change: torch.Tensor) -> None:
         """AlphaEdit's projected write at ``layer``, penalising changes at the earlier edits' keys."""
@@ -87,9 +90,7 @@ class AlphaEdit(MEMIT):
         for name, keys in self.written.items():
             self.earlier[name] = keys if name not in before else torch.cat([before[name], keys])
         edit.also_undo(lambda: self._remember(before))
-        edit.info["null_space_dims"] = {
-            name: round(float(torch.trace(p))) for name, p in self.projectors.items()
-        }
+        edit.info["null_space_dims"] = self.null_space_dims
         edit.info["earlier_keys"] = {name: len(keys) for name, keys in before.items()}
         return edit
 
@@ -100,8 +101,9 @@ class AlphaEdit(MEMIT):
         return {"earlier_keys": {name: keys.cpu() for name, keys in self.earlier.items()}}
 
     def load_memory_state(self, model, state: dict[str, Any]) -> None:
-        device = next(iter(self.projectors.values())).device
-        self.earlier = {name: keys.to(device) for name, keys in state["earlier_keys"].items()}
+        self.earlier = {
+            name: keys.to(self.projectors[name].device) for name, keys in state["earlier_keys"].items()
+        }
 
     def clear_memory(self, model) -> None:
         self.earlier = {}
