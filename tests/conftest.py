@@ -15,7 +15,8 @@ from harness import plugins
 from harness.models import load_model
 from harness.runner import run
 
-torch.set_num_threads(2)
+# one thread per xdist worker (two workers on the 2-core CI machine), two when run without workers
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,8 @@ import pytest
 
 from harness.uncertainty import metric_keys
 
-pytestmark = pytest.mark.slow
+# with test_packaging.py in one xdist worker: both build wheels of the checkout in place
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheels")]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("kedit-editor-example", "kedit-task-example")

@@ -104,9 +104,7 @@ def test_short_training_lowers_the_edit_loss_on_held_out_records(tiny_llama, syn
             train_data="synthetic_en",
         )
     )
-    context = EditorContext(
-        cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en"
-    )
+    context = EditorContext(cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en")
     mend.prepare(tiny_llama.model, tiny_llama.tokenizer, context)
     selected = summary["selected"]  # the best validation loss, step 0 included
     assert selected["val_loss"] == min(m["val_loss"] for m in (before, after, selected))

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# with test_examples.py in one xdist worker: both build wheels of the checkout in place
+pytestmark = pytest.mark.xdist_group("wheels")
 
 
 def test_every_plugin_folder_is_a_listed_package():

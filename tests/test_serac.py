@@ -31,9 +31,7 @@ def trained_serac(tiny_llama, synthetic_training_set):
         **{k: (float(v) if "lr" in k else int(v)) for k, v in SETTINGS.items()}, train_data="synthetic_en"
     )
     editor = SERAC(hparams)
-    context = EditorContext(
-        cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en"
-    )
+    context = EditorContext(cache_dir=None, model_id=tiny_llama.fingerprint, training_set="synthetic_en")
     editor.prepare(tiny_llama.model, tiny_llama.tokenizer, context)
     return editor, summary
 
