@@ -56,7 +56,7 @@ def build_wheel(source: Path, wheels: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, however xdist interleaves the modules
 def venv(tmp_path_factory) -> Venv:
     """Wheels of the harness and both examples, installed with torch==2.13.0 into one fresh venv."""
     base = tmp_path_factory.mktemp("examples")

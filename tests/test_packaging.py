@@ -32,7 +32,7 @@ def test_every_plugin_folder_is_a_listed_package():
     assert found == listed
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, however xdist interleaves the modules
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
