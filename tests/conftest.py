@@ -73,9 +73,10 @@ def gemma(harness_cache):
 
 @pytest.fixture(scope="session")
 def demo_run(gemma, data_dir, tmp_path_factory) -> Callable[..., tuple[dict, Path]]:
-    """``run`` on the demo model and the shared data, once per distinct set of options in a session:
-    the end-to-end and bfloat16 tests ask for the same float32 runs, a minute each. Returns a copy of
-    the results and the run's output directory (shared: read it, never write it)."""
+    """``run`` on the demo model and the shared data, once per distinct set of options in a session
+    (each xdist worker keeps its own): the end-to-end and bfloat16 tests ask for the same float32
+    runs, a minute each. Returns a copy of the results and the run's output directory (shared: read
+    it, never write it)."""
     done: dict[str, tuple[dict, Path]] = {}
 
     def run_once(**options) -> tuple[dict, Path]:

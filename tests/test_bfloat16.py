@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_end_to_end import grouped
 from test_end_to_end_trained import SMALL as TRAINED  # SERAC and MEND train small first, as there
 
 from harness import plugins
@@ -88,7 +87,7 @@ def test_bfloat16_and_float32_caches_are_apart(gemma):
         assert torch.equal(rounded, full.to(torch.bfloat16)), name
 
 
-@pytest.mark.parametrize("editor", grouped(*EDITORS))
+@pytest.mark.parametrize("editor", EDITORS)
 def test_editor_in_bfloat16_matches_float32(editor, demo_run, data_dir, tmp_path):
     half = _bfloat16_run(editor, data_dir, tmp_path)
     full, full_out = _float32_run(editor, data_dir, demo_run)

@@ -19,12 +19,6 @@ KEYS = {
 }
 
 
-def grouped(*editors: str) -> list:
-    """Editor parameters, each in the xdist group its other demo-model tests share (one worker, so one
-    float32 run of the editor serves all of them)."""
-    return [pytest.param(editor, marks=pytest.mark.xdist_group(f"demo-{editor}")) for editor in editors]
-
-
 def _run(demo_run, editor: str, direction: str, **options) -> tuple[dict, Path]:
     """The editor's run on the first 3 records (shared with the bfloat16 test's float32 half)."""
     return demo_run(editor=editor, task=f"bizsre_{direction}", limit=3, **options)
@@ -40,7 +34,6 @@ def _reliability_rose(results: dict, direction: str, out, by: float) -> list[dic
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.xdist_group("demo-rome")  # with the bf16 test of the editor: one shared float32 run
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_rome_raises_edit_language_reliability_on_gemma(direction, demo_run):
     edit_language = direction[:2]
@@ -63,7 +56,6 @@ def test_rome_raises_edit_language_reliability_on_gemma(direction, demo_run):
     assert all(s["edit_info"]["second_moment_corpus"].startswith("files:") for s in samples)
 
 
-@pytest.mark.xdist_group("demo-memit")
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_memit_raises_edit_language_reliability_on_gemma(direction, demo_run):
     results, out = _run(demo_run, "memit", direction)
@@ -104,7 +96,6 @@ def test_lora_adapter_writes_the_fact_on_gemma(direction, demo_run):
     assert all(s["touched"] == ["model.layers.5.mlp.down_proj.weight"] for s in samples)
 
 
-@pytest.mark.xdist_group("demo-alphaedit")
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_alphaedit_writes_through_the_null_space_on_gemma(direction, demo_run):
     results, out = _run(demo_run, "alphaedit", direction)
@@ -118,7 +109,7 @@ def test_alphaedit_writes_through_the_null_space_on_gemma(direction, demo_run):
     assert all(0 < d < 2048 for d in dims.values())  # a proper subspace of Gemma-3-270M's 2,048 keys
 
 
-@pytest.mark.parametrize("editor", grouped("grace", "wise"))
+@pytest.mark.parametrize("editor", ["grace", "wise"])
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_memory_editors_write_without_touching_a_weight_on_gemma(editor, direction, demo_run):
     """GRACE and WISE: the fact is written, no weight changes, and unrelated questions in both
@@ -130,7 +121,6 @@ def test_memory_editors_write_without_touching_a_weight_on_gemma(editor, directi
     assert post["locality.en.f1"] >= 90 and post["locality.zh.f1"] >= 90, post
 
 
-@pytest.mark.xdist_group("demo-memit")
 def test_memit_batch_of_three_on_gemma(demo_run):
     results, out = _run(demo_run, "memit", "en_zh", mode="batch", batch_size=3)
     post, pre = results["results"]["bizsre_en_zh"], results["pre_edit"]["bizsre_en_zh"]
@@ -159,7 +149,6 @@ def test_kn_edits_chosen_neurons_on_gemma(direction, demo_run):
     assert any(p["post"] != p["pre"] for p in reliability)  # the edit reached the answers
 
 
-@pytest.mark.xdist_group("demo-ike")
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_ike_edits_in_context_on_gemma(direction, demo_run):
     # a 1,000-record pool keeps the one-off MiniLM embedding of the pool short

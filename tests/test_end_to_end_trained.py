@@ -46,7 +46,6 @@ def _train_and_run(editor, direction, data_dir, demo_run):
     return summary, results, samples
 
 
-@pytest.mark.xdist_group("demo-serac")  # with the bf16 test: one training and float32 run
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, data_dir, demo_run):
     summary, results, samples = _train_and_run("serac", direction, data_dir, demo_run)
@@ -67,7 +66,6 @@ def test_serac_routes_the_edit_and_leaves_unrelated_questions_alone(direction, d
     assert all(s["touched"] == [] for s in samples)
 
 
-@pytest.mark.xdist_group("demo-mend")
 @pytest.mark.parametrize("direction", ["en_zh", "zh_en"])
 def test_mend_edits_the_last_mlp_matrices_and_restores_them(direction, data_dir, demo_run):
     summary, results, samples = _train_and_run("mend", direction, data_dir, demo_run)

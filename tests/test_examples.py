@@ -16,8 +16,7 @@ import pytest
 
 from harness.uncertainty import metric_keys
 
-# with test_packaging.py in one xdist worker: both build wheels of the checkout in place
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheels")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("kedit-editor-example", "kedit-task-example")
@@ -45,6 +44,14 @@ class Venv:
         return result.stdout
 
 
+def checkout_copy(destination: Path) -> Path:
+    """The checkout without environments, results and build output. Wheels are built from copies, so
+    two xdist workers building at once never share a build/ folder, and the checkout gets none."""
+    skip = (".git", ".venv*", "results", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*skip))
+    return destination
+
+
 def build_wheel(source: Path, wheels: Path) -> None:
     """A wheel of ``source`` built by this interpreter, as test_packaging.py builds the harness's."""
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
@@ -56,12 +63,12 @@ def build_wheel(source: Path, wheels: Path) -> None:
     )
 
 
-@pytest.fixture(scope="session")  # built once per worker, however xdist interleaves the modules
+@pytest.fixture(scope="session")  # once per xdist worker, however it interleaves the modules
 def venv(tmp_path_factory) -> Venv:
     """Wheels of the harness and both examples, installed with torch==2.13.0 into one fresh venv."""
     base = tmp_path_factory.mktemp("examples")
     wheels = base / "wheels"
-    build_wheel(ROOT, wheels)
+    build_wheel(checkout_copy(base / "sources" / "kedit-harness"), wheels)
     for name in EXAMPLES:  # built from copies, so the checkout gets no build/ folders
         copy = base / "sources" / name
         shutil.copytree(ROOT / "examples" / name, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))

@@ -12,10 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_examples import build_wheel, checkout_copy
 
 ROOT = Path(__file__).resolve().parents[1]
-# with test_examples.py in one xdist worker: both build wheels of the checkout in place
-pytestmark = pytest.mark.xdist_group("wheels")
 
 
 def test_every_plugin_folder_is_a_listed_package():
@@ -32,26 +31,10 @@ def test_every_plugin_folder_is_a_listed_package():
     assert found == listed
 
 
-@pytest.fixture(scope="session")  # built once per worker, however xdist interleaves the modules
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    build_wheel(checkout_copy(out / "source"), out)
     (path,) = out.glob("kedit_harness-*.whl")
     return path
 
