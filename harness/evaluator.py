@@ -20,6 +20,7 @@ from harness import plugins
 from harness.answers import Answer, read_answers
 from harness.api import Edit, Record
 from harness.integrity import ModelFingerprint
+from harness.models import build_once
 from harness.results import SampleLog, write_json
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
     key_source = json.dumps([run.model_fingerprint, run.answer_mode, grouping, pairs], ensure_ascii=False)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
     path = run.cache_dir / "pre_edit" / f"{key}.json"
-    if path.exists():
-        flat = [Answer(text, tuple(ids)) for text, ids in json.loads(path.read_text(encoding="utf-8"))]
-    else:
+
+    def read() -> None:
         log.info("reading pre-edit answers for %d probes", len(pairs))
         flat = [
             answer
@@ -94,8 +94,10 @@ def pre_edit_answers(run: RunContext) -> dict[str, list[Answer]]:
                 run.model, run.tokenizer, _pairs(batch), run.answer_mode, run.probe_batch_size
             )
         ]
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, [[a.text, list(a.token_ids)] for a in flat])
+
+    build_once(path, read)
+    flat = [Answer(text, tuple(ids)) for text, ids in json.loads(path.read_text(encoding="utf-8"))]
     answers, start = {}, 0
     for record in run.records:
         answers[record.id] = flat[start : start + len(record.probes)]

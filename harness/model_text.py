@@ -22,6 +22,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from harness import fallbacks
 from harness.answers import pad_batch, prompt_ids
+from harness.models import build_once
 from harness.results import write_json
 from harness.runtime import device_of
 
@@ -100,12 +101,8 @@ def model_samples(model, tokenizer, spec: SampleSpec, cache: Path) -> list[str]:
     fingerprint = getattr(model, "harness_fingerprint", "unknown")
     key = hashlib.sha256(json.dumps([fingerprint, "samples-v1", asdict(spec)]).encode()).hexdigest()[:24]
     path = cache / "model_samples" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    texts = sample_texts(model, tokenizer, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, texts)
-    return texts
+    build_once(path, lambda: write_json(path, sample_texts(model, tokenizer, spec)))
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def shipped_samples(model, spec: SampleSpec) -> list[str] | None:

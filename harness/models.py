@@ -8,6 +8,7 @@ cannot be trained or saved. Where the model lives and in which dtype is the runt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -16,12 +17,13 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from harness.runtime import (
     ModelRuntime,
@@ -153,6 +155,26 @@ def publish_directory(partial: Path, target: Path, complete: str) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def cache_lock(entry: Path) -> Iterator[None]:
+    """Hold the lock of a cache entry while building it. Processes that share a cache (the shards of
+    a run, test workers) then build an entry one at a time, and the later ones find it built instead
+    of computing it again. The lock is the file ``<entry>.lock``; the OS releases it if the holder
+    dies."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{entry}.lock"):
+        yield
+
+
+def build_once(entry: Path, build: Callable[[], None]) -> None:
+    """Run ``build``, which writes ``entry``, unless ``entry`` exists, under the entry's lock."""
+    if entry.exists():
+        return
+    with cache_lock(entry):
+        if not entry.exists():
+            build()
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, computed once per process for an unchanged file (size and mtime)."""
     stat = Path(path).stat()
@@ -186,13 +208,19 @@ def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32
     return that directory and the file hash. A bfloat16 checkpoint holds exactly the float32 one's
     values rounded to bfloat16, at half the size; it is rounded from the float32 checkpoint when that
     exists (seconds instead of a second dequantisation)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     sha = file_sha256(gguf_path)
     suffix = "" if dtype == torch.float32 else f"-{dtype_name(dtype)}"
     target = root / "models" / f"{sha[:24]}{suffix}"
-    if (target / _COMPLETE).exists():
-        return target, sha
+    if not (target / _COMPLETE).exists():
+        with cache_lock(target):  # beside the directory: publishing replaces the directory
+            if not (target / _COMPLETE).exists():
+                _dequantise(gguf_path, sha, target, root, dtype)
+    return target, sha
+
+
+def _dequantise(gguf_path: Path, sha: str, target: Path, root: Path, dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     log.info("converting %s to a %s checkpoint in %s (once)", gguf_path.name, dtype_name(dtype), target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -214,7 +242,6 @@ def convert_gguf(gguf_path: Path, root: Path, dtype: torch.dtype = torch.float32
     tokenizer.save_pretrained(str(partial))
     (partial / _COMPLETE).write_text(json.dumps({"gguf": gguf_path.name, "sha256": sha}))
     publish_directory(partial, target, _COMPLETE)
-    return target, sha
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,7 +33,7 @@ from harness import (
 from harness import config as config_module
 from harness.api import ABILITY, Edit, Editor, EditorContext, EditRequest, Record, is_ability
 from harness.evaluator import Restoring, RunContext, Scorer, evaluate
-from harness.models import LoadedModel, cache_dir, file_sha256, load_model
+from harness.models import LoadedModel, cache_dir, cache_lock, file_sha256, load_model
 from harness.results import (
     RESULTS,
     SampleLog,
@@ -657,21 +657,22 @@ def train(
     directory = training.checkpoint_dir(
         editor, hparams, loaded.fingerprint, data, editor_obj.checkpoint_extra()
     )
-    if (directory / training.CHECKPOINT).is_file():
-        log.info("already trained: %s", directory)
-        return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
-    directory.mkdir(parents=True, exist_ok=True)
-    about = {
-        "editor": editor,
-        "model": loaded.identity,
-        "data": training.describe(data),
-        "hparams": dataclasses.asdict(hparams),
-    }
-    session = training.TrainingSession(directory, train_examples, validation, cfg.seed, progress, about)
-    context = EditorContext(
-        cache_dir(), cfg.seed, data_path, loaded.fingerprint, cfg.model, training_set=data.name
-    )
-    return editor_obj.train(loaded.model, loaded.tokenizer, session, context)
+    with cache_lock(directory):  # a second `harness train` of the same checkpoint waits for the first
+        if (directory / training.CHECKPOINT).is_file():
+            log.info("already trained: %s", directory)
+            return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
+        directory.mkdir(parents=True, exist_ok=True)
+        about = {
+            "editor": editor,
+            "model": loaded.identity,
+            "data": training.describe(data),
+            "hparams": dataclasses.asdict(hparams),
+        }
+        session = training.TrainingSession(directory, train_examples, validation, cfg.seed, progress, about)
+        context = EditorContext(
+            cache_dir(), cfg.seed, data_path, loaded.fingerprint, cfg.model, training_set=data.name
+        )
+        return editor_obj.train(loaded.model, loaded.tokenizer, session, context)
 
 
 def apply_edit(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from harness import plugins
-from harness.models import load_model
+from harness.models import cache_lock, load_model
 from harness.runner import run
 
 # one thread per xdist worker (two workers on the 2-core CI machine), two when run without workers
@@ -29,13 +30,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``built_once(name, build)``: the folder ``name`` of this test session, filled by ``build`` once
+    for all xdist workers. The workers' base temps sit side by side in the session's, so the first
+    worker to ask builds the folder under a lock and the others wait for it and use it (the end-to-end
+    runs, wheels and the cache are minutes of work)."""
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+    def folder(name: str, build: Callable[[Path], None]) -> Path:
+        path, complete = session / name, session / f"{name}.complete"
+        with cache_lock(path):
+            if not complete.exists():
+                shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+                path.mkdir()
+                build(path)
+                complete.touch()
+        return path
+
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
-def harness_cache(tmp_path_factory) -> Path:
-    """Tests get their own cache, except for converted real models (minutes to rebuild)."""
-    path = tmp_path_factory.mktemp("harness-cache")
+def harness_cache(built_once) -> Path:
+    """The session's own cache, shared by its workers, except for converted real models (minutes to
+    rebuild), which come from the user's cache."""
     shared = Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "kedit-harness")
     (shared / "models").mkdir(parents=True, exist_ok=True)
-    (path / "models").symlink_to(shared / "models", target_is_directory=True)
+    path = built_once("harness-cache", lambda p: (p / "models").symlink_to(shared / "models", True))
     os.environ["HARNESS_CACHE_DIR"] = str(path)
     return path
 
@@ -72,25 +95,36 @@ def gemma(harness_cache):
 
 
 @pytest.fixture(scope="session")
-def demo_run(gemma, data_dir, tmp_path_factory) -> Callable[..., tuple[dict, Path]]:
+def demo_run(gemma, data_dir, built_once) -> Callable[..., tuple[dict, Path]]:
     """``run`` on the demo model and the shared data, once per distinct set of options in a session
-    (each xdist worker keeps its own): the end-to-end and bfloat16 tests ask for the same float32
-    runs, a minute each. Returns a copy of the results and the run's output directory (shared: read
-    it, never write it)."""
-    done: dict[str, tuple[dict, Path]] = {}
+    and for all its workers: the end-to-end and bfloat16 tests ask for the same float32 runs, a minute
+    each. Returns the results (a fresh copy) and the run's output directory (shared: read it, never
+    write it)."""
 
     def run_once(**options) -> tuple[dict, Path]:
-        key = json.dumps(options, sort_keys=True)
-        if key not in done:
-            out = tmp_path_factory.mktemp("demo-run")
+        key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+        def build(folder: Path) -> None:
+            out = folder / "out"
             results = run(
                 model="gemma3-270m", data_dir=str(data_dir), output_dir=str(out), progress=False, **options
             )
-            done[key] = (results, out)
-        results, out = done[key]
-        return copy.deepcopy(results), out
+            (folder / "returned.json").write_text(json.dumps(results), encoding="utf-8")
+
+        folder = built_once(f"demo-run-{key}", build)
+        return json.loads((folder / "returned.json").read_text(encoding="utf-8")), folder / "out"
 
     return run_once
+
+
+@pytest.fixture(scope="session")
+def harness_wheel(built_once) -> Path:
+    """A wheel of the harness built from a copy of this checkout, once per session."""
+    from test_examples import build_wheel, checkout_copy
+
+    folder = built_once("harness-wheel", lambda out: build_wheel(checkout_copy(out / "source"), out))
+    (path,) = folder.glob("kedit_harness-*.whl")
+    return path
 
 
 @pytest.fixture

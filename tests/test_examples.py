@@ -4,6 +4,7 @@ their own tests, and a package scaffolded with `harness new` installs and regist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -63,27 +64,33 @@ def build_wheel(source: Path, wheels: Path) -> None:
     )
 
 
-@pytest.fixture(scope="session")  # once per xdist worker, however it interleaves the modules
-def venv(tmp_path_factory) -> Venv:
-    """Wheels of the harness and both examples, installed with torch==2.13.0 into one fresh venv."""
-    base = tmp_path_factory.mktemp("examples")
-    wheels = base / "wheels"
-    build_wheel(checkout_copy(base / "sources" / "kedit-harness"), wheels)
-    for name in EXAMPLES:  # built from copies, so the checkout gets no build/ folders
-        copy = base / "sources" / name
-        shutil.copytree(ROOT / "examples" / name, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-        build_wheel(copy, wheels)
-    subprocess.run([sys.executable, "-m", "venv", base / "venv"], check=True, timeout=300)
+def _venv_in(base: Path) -> Venv:
     drop = ("PYTHONPATH", "HARNESS_LOAD_PLUGINS", "HARNESS_DATA_DIR", "VIRTUAL_ENV", "PYTHONHOME")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = f"{base / 'venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["HARNESS_CACHE_DIR"] = str(base / "cache")
-    work = base / "work"
-    work.mkdir()
-    made = Venv(base / "venv" / "bin", work, env)
-    made.run("pip", "install", "-q", "torch==2.13.0")  # first: the local CPU build, never a CUDA one
-    made.run("pip", "install", "-q", *sorted(wheels.glob("*.whl")), "pytest>=8")
-    return made
+    return Venv(base / "venv" / "bin", base / "work", env)
+
+
+@pytest.fixture(scope="session")
+def venv(built_once, harness_wheel) -> Venv:
+    """Wheels of the harness and both examples, installed with torch==2.13.0 into one fresh venv,
+    once per session (the xdist workers share it; each test writes its own folder of ``work``)."""
+
+    def build(base: Path) -> None:
+        wheels = base / "wheels"
+        for name in EXAMPLES:  # built from copies, so the checkout gets no build/ folders
+            copy = base / "sources" / name
+            skip = shutil.ignore_patterns("build", "*.egg-info")
+            shutil.copytree(ROOT / "examples" / name, copy, ignore=skip)
+            build_wheel(copy, wheels)
+        subprocess.run([sys.executable, "-m", "venv", base / "venv"], check=True, timeout=300)
+        made = _venv_in(base)
+        made.work.mkdir()
+        made.run("pip", "install", "-q", "torch==2.13.0")  # first: the local CPU build, never a CUDA one
+        made.run("pip", "install", "-q", harness_wheel, *sorted(wheels.glob("*.whl")), "pytest>=8")
+
+    return _venv_in(built_once("examples", build))
 
 
 def edit_run(venv: Venv, editor: str, task: str, name: str, *extra: str) -> dict:
@@ -142,7 +149,10 @@ def test_scaffolded_packages_install_register_and_pass_their_tests(venv):
     editor, task = venv.work / "kedit-smoke-edit", venv.work / "kedit-smoke-facts"
     venv.run("harness", "new", "editor", "smoke-edit", "--dir", editor)
     venv.run("harness", "new", "task", "smoke-facts", "--dir", task)
-    venv.run("pip", "install", "-q", editor, task)
+    # installed beside the shared venv, not into it, where other workers' tests run meanwhile
+    site = venv.work / "smoke-site"
+    venv.run("pip", "install", "-q", "--no-deps", "--target", site, editor, task)
+    venv = dataclasses.replace(venv, env={**venv.env, "PYTHONPATH": str(site)})
     assert "smoke-edit" in names(venv.run("harness", "ls", "editors"))
     assert "smoke_facts" in names(venv.run("harness", "ls", "tasks"))
     results = edit_run(venv, "smoke-edit", "smoke_facts", "smoke", "--set", "lr=1e-2", "--set", "steps=200")

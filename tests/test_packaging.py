@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_examples import build_wheel, checkout_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +31,8 @@ def test_every_plugin_folder_is_a_listed_package():
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    build_wheel(checkout_copy(out / "source"), out)
-    (path,) = out.glob("kedit_harness-*.whl")
-    return path
+def wheel(harness_wheel) -> Path:
+    return harness_wheel
 
 
 def test_wheel_contains_data_files(wheel):

@@ -4,8 +4,11 @@ its fix."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -378,3 +381,28 @@ def test_bad_settings_are_refused_and_leave_no_output(editor, settings, message,
             output_dir=str(out),
         )
     assert not out.exists()
+
+
+def _build_slowly(entry: str, log: str) -> None:
+    def build() -> None:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough that the other processes arrive while it builds
+        Path(entry).write_text("built", encoding="utf-8")
+
+    models.build_once(Path(entry), build)
+    assert Path(entry).read_text(encoding="utf-8") == "built"
+
+
+def test_processes_sharing_a_cache_build_an_entry_once(tmp_path):
+    """Shards of a run (or test workers) asking for the same cache entry at once: one builds it, the
+    others wait for it and read it, instead of computing it again or reading half of it."""
+    context = multiprocessing.get_context("spawn")
+    entry, log = tmp_path / "moments" / "entry.pt", tmp_path / "builders.log"
+    workers = [context.Process(target=_build_slowly, args=(str(entry), str(log))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 1

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from harness.activations import run_until
 from harness.answers import pad_batch, prompt_ids
 from harness.model_text import corpus_spec, sampled_corpus, shipped_samples
-from harness.models import architecture, save_atomic
+from harness.models import architecture, cache_lock, save_atomic
 from harness.runtime import MASTER_DTYPE, device_of
 
 log = logging.getLogger(__name__)
@@ -143,26 +143,35 @@ def second_moments(
     """
     fingerprint = getattr(model, "harness_fingerprint", "unknown")
     found: dict[str, torch.Tensor] = {}
+    missing = _read_cached(fingerprint, module_names, texts, tokens, model.dtype, cache, found)
+    if missing:  # processes sharing the cache (a run's shards) take turns: a later one finds them computed
+        with cache_lock(cache / "second_moments" / fingerprint[:24]):
+            missing = _read_cached(fingerprint, list(missing), texts, tokens, model.dtype, cache, found)
+            if missing:
+                _compute(model, tokenizer, missing, texts, tokens, batch_size, max_length, found)
+    return {name: found[name] for name in module_names}
+
+
+def _compute(model, tokenizer, missing, texts, tokens, batch_size, max_length, found: dict) -> None:
+    """Compute the ``missing`` moments in one pass, cache each and put it into ``found``."""
+    sums, count = _stream_moments(model, tokenizer, list(missing), texts, tokens, batch_size, max_length)
+    for name, (key, path) in missing.items():
+        found[name] = (sums[name] / count).cpu()
+        payload = {"moment": found[name], "key": key, "checksum": float(found[name].sum()), "tokens": count}
+        save_atomic(payload, path)
+
+
+def _read_cached(fingerprint, names, texts, tokens, dtype, cache: Path, found: dict) -> dict[str, tuple]:
+    """Put the cached moments of ``names`` into ``found``; return (key, path) of the others."""
     missing: dict[str, tuple[str, Path]] = {}
-    for name in module_names:
-        key = _second_moment_key(fingerprint, name, texts, tokens, model.dtype)
+    for name in names:
+        key = _second_moment_key(fingerprint, name, texts, tokens, dtype)
         path = cache / "second_moments" / f"{key}.pt"
         if path.exists() and (moment := _load_verified(path, key)) is not None:
             found[name] = moment
         else:
             missing[name] = (key, path)
-    if missing:
-        sums, count = _stream_moments(model, tokenizer, list(missing), texts, tokens, batch_size, max_length)
-        for name, (key, path) in missing.items():
-            found[name] = (sums[name] / count).cpu()
-            payload = {
-                "moment": found[name],
-                "key": key,
-                "checksum": float(found[name].sum()),
-                "tokens": count,
-            }
-            save_atomic(payload, path)
-    return {name: found[name] for name in module_names}
+    return missing
 
 
 @torch.no_grad()

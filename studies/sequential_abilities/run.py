@@ -93,9 +93,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     runs, summary = Path(args.runs), HERE / "summary.json"
-    rows = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+    rows: dict = {}
     for editor in args.editors.split(","):
-        rows[editor] = summary_row(run_editor(editor, args.data_dir, runs))
+        row = summary_row(run_editor(editor, args.data_dir, runs))
+        # read again just before writing: another process may have added its editors meanwhile
+        rows = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+        rows[editor] = row
         rows = {name: rows[name] for name in [*EDITORS, *rows] if name in rows}  # the study's order
         write_json(summary, rows)
     print(table(rows))

@@ -28,7 +28,7 @@ import torch
 
 from harness.answers import Answer, SharedPrefix, answers_after_prefix, prompt_ids, read_answers
 from harness.api import Capabilities, Edit, Editor, EditorContext, EditRequest, TrainingExample
-from harness.models import save_atomic
+from harness.models import build_once, save_atomic
 from harness.templates import Templates
 from harness.training import load_training_set
 from harness_plugins.methods.ike.demonstrations import KINDS, Demonstration, build, nearest, quotas
@@ -197,11 +197,8 @@ class IKE(Editor):
         key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:32]
         path = Path(context.cache_dir) / "ike" / f"{key}.pt"
         texts = [d.text for d in demonstrations]
-        if path.is_file():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            encoder.load_state(stored["state"])
-            vectors = stored["vectors"]
-        else:
+
+        def embed() -> None:
             started = time.perf_counter()
             encoder.fit(texts)
             vectors = encoder.encode(texts)
@@ -213,6 +210,12 @@ class IKE(Editor):
                 time.perf_counter() - started,
             )
             save_atomic({"state": encoder.state(), "vectors": vectors}, path)
+
+        build_once(path, embed)
+        with torch.device("cpu"):  # a sparse tensor is rebuilt on the default device otherwise
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        encoder.load_state(stored["state"])
+        vectors = stored["vectors"]
         self.index = DemonstrationIndex(demonstrations, vectors, encoder, data.language)
 
     def _ordered(self, chosen: list[Demonstration]) -> list[Demonstration]:

