@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from harness.runtime import (
     ModelRuntime,
@@ -162,8 +162,16 @@ def cache_lock(entry: Path) -> Iterator[None]:
     of computing it again. The lock is the file ``<entry>.lock``; the OS releases it if the holder
     dies."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{entry}.lock"):
+    lock = FileLock(f"{entry}.lock")
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", entry)
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def build_once(entry: Path, build: Callable[[], None]) -> None:

@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--runs", default="results/studies/sequential_abilities")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("filelock", "datasets", "transformers", "absl"):  # absl: a line per ROUGE score
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     runs, summary = Path(args.runs), HERE / "summary.json"
     rows: dict = {}
     for editor in args.editors.split(","):
