@@ -46,8 +46,8 @@ class Venv:
 
 
 def checkout_copy(destination: Path) -> Path:
-    """The checkout without environments, results and build output. Wheels are built from copies, so
-    two xdist workers building at once never share a build/ folder, and the checkout gets none."""
+    """The checkout without environments, results and build output; wheels are built from such a
+    copy, so the checkout gets no build/ folder."""
     skip = (".git", ".venv*", "results", "build", "*.egg-info", "__pycache__", ".*_cache")
     shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*skip))
     return destination

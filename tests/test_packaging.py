@@ -11,8 +11,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,13 +28,8 @@ def test_every_plugin_folder_is_a_listed_package():
     assert found == listed
 
 
-@pytest.fixture(scope="session")
-def wheel(harness_wheel) -> Path:
-    return harness_wheel
-
-
-def test_wheel_contains_data_files(wheel):
-    names = set(zipfile.ZipFile(wheel).namelist())
+def test_wheel_contains_data_files(harness_wheel):
+    names = set(zipfile.ZipFile(harness_wheel).namelist())
     for required in (
         "harness/harness.toml",
         "harness_plugins/templates/bizsre/question.jinja",
@@ -46,14 +39,14 @@ def test_wheel_contains_data_files(wheel):
         "harness_plugins/methods/rome/editor.py",
     ):
         assert required in names
-    packaged = zipfile.ZipFile(wheel).read("harness/harness.toml").decode()
+    packaged = zipfile.ZipFile(harness_wheel).read("harness/harness.toml").decode()
     assert packaged == (ROOT / "harness.toml").read_text()
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    text = zipfile.ZipFile(harness_wheel).read(entry_points).decode()
     assert "[harness]" in text and "rome = harness_plugins.methods.rome" in text
 
 
-def test_wheel_in_a_fresh_environment_lists_the_builtin_plugins(wheel, tmp_path):
+def test_wheel_in_a_fresh_environment_lists_the_builtin_plugins(harness_wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -65,7 +58,7 @@ def test_wheel_in_a_fresh_environment_lists_the_builtin_plugins(wheel, tmp_path)
             check=True,
         ).stdout.strip()
     )
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(harness_wheel) as archive:
         archive.extractall(site)  # what an installer does for a pure-Python wheel
     # dependencies (torch, transformers, ...) come from this interpreter's site-packages, after the wheel
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")

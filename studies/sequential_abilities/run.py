@@ -35,6 +35,14 @@ ABILITIES = (
 )
 TASK = "bizsre_en_zh"
 EDITS = 50
+# after all edits: the edited facts (English), their paraphrases in both languages, unrelated facts
+PROBES = {
+    "rel en": "reliability.en.f1",
+    "gen en": "generality.en.f1",
+    "gen zh": "generality.zh.f1",
+    "loc en": "locality.en.f1",
+    "loc zh": "locality.zh.f1",
+}
 
 
 def run_editor(editor: str, data_dir: str, runs: Path) -> dict:
@@ -54,10 +62,7 @@ def summary_row(results: dict) -> dict:
     """Reliability, generality and locality after all edits, and each ability's change with its
     paired 95% interval."""
     scores = results["results"][TASK]
-    row = {
-        key: round(scores[key], 1)
-        for key in ("reliability.en.f1", "generality.en.f1", "locality.en.f1", "locality.zh.f1")
-    }
+    row = {key: round(scores[key], 1) for key in PROBES.values()}
     for task, entry in results["then"].items():
         metric = entry["metric"]
         row[task] = {
@@ -71,10 +76,10 @@ def summary_row(results: dict) -> dict:
 def table(rows: dict[str, dict]) -> str:
     """A Markdown table: one row per editor; an ability's change is starred when its interval excludes 0."""
     short = [task.removeprefix("general_") for task in ABILITIES]
-    header = ["editor", "rel en", "gen en", "loc en", "loc zh", *short]
+    header = ["editor", *PROBES, *short]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for editor, row in rows.items():
-        cells = [f"`{editor}`"] + [f"{row[k]:.1f}" for k in list(row)[:4]]
+        cells = [f"`{editor}`"] + [f"{row[key]:.1f}" for key in PROBES.values()]
         for task in ABILITIES:
             low, high = row[task]["ci95"]
             star = "*" if low > 0 or high < 0 else ""
@@ -90,11 +95,22 @@ def main() -> None:
     parser.add_argument("--editors", default=",".join(EDITORS))
     parser.add_argument("--data-dir", default=os.environ.get("HARNESS_DATA_DIR", ""))
     parser.add_argument("--runs", default="results/studies/sequential_abilities")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild summary.json and the table from the finished runs' results.json, running nothing",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("filelock", "datasets", "transformers", "absl"):  # absl: a line per ROUGE score
         logging.getLogger(noisy).setLevel(logging.WARNING)
     runs, summary = Path(args.runs), HERE / "summary.json"
+    if args.table_only:
+        finished = [editor for editor in EDITORS if (runs / editor / "results.json").is_file()]
+        rows = {e: summary_row(json.loads((runs / e / "results.json").read_text())) for e in finished}
+        write_json(summary, rows)
+        print(table(rows))
+        return
     rows: dict = {}
     for editor in args.editors.split(","):
         row = summary_row(run_editor(editor, args.data_dir, runs))
