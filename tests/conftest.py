@@ -21,9 +21,9 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first, so the two xdist workers end on short tests instead of one worker finishing a
-    minutes-long run while the other idles; tests marked ``upstream`` run only in .ci/run-latest
-    (HARNESS_UPSTREAM=1)."""
+    """Slow tests first (each xdist worker takes the next test when free, ``--maxschedchunk=1``), so
+    the workers end on short tests instead of one finishing a minutes-long run while the other idles;
+    tests marked ``upstream`` run only in .ci/run-latest (HARNESS_UPSTREAM=1)."""
     items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order within each tier
     if os.environ.get("HARNESS_UPSTREAM") == "1":
         return
