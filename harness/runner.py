@@ -657,10 +657,11 @@ def train(
     directory = training.checkpoint_dir(
         editor, hparams, loaded.fingerprint, data, editor_obj.checkpoint_extra()
     )
+    if (done := _trained(directory)) is not None:  # without the lock: the cache may be read-only
+        return done
     with cache_lock(directory):  # a second `harness train` of the same checkpoint waits for the first
-        if (directory / training.CHECKPOINT).is_file():
-            log.info("already trained: %s", directory)
-            return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
+        if (done := _trained(directory)) is not None:
+            return done
         directory.mkdir(parents=True, exist_ok=True)
         about = {
             "editor": editor,
@@ -673,6 +674,14 @@ def train(
             cache_dir(), cfg.seed, data_path, loaded.fingerprint, cfg.model, training_set=data.name
         )
         return editor_obj.train(loaded.model, loaded.tokenizer, session, context)
+
+
+def _trained(directory: Path) -> dict[str, Any] | None:
+    """The summary of the checkpoint trained in ``directory``, if it is there."""
+    if not (directory / training.CHECKPOINT).is_file():
+        return None
+    log.info("already trained: %s", directory)
+    return json.loads((directory / training.SUMMARY).read_text(encoding="utf-8"))
 
 
 def apply_edit(
