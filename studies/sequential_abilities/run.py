@@ -79,7 +79,8 @@ def table(rows: dict[str, dict]) -> str:
     header = ["editor", *PROBES, *short]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for editor, row in rows.items():
-        cells = [f"`{editor}`"] + [f"{row[key]:.1f}" for key in PROBES.values()]
+        # "-": a row summary.json kept from before that column existed (--table-only fills it)
+        cells = [f"`{editor}`"] + [f"{row[key]:.1f}" if key in row else "-" for key in PROBES.values()]
         for task in ABILITIES:
             low, high = row[task]["ci95"]
             star = "*" if low > 0 or high < 0 else ""
