@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness import plugins
-from harness.models import cache_lock, load_model
+from harness.models import build_once, load_model
 from harness.runner import run
 
 # one thread per xdist worker (two workers on the 2-core CI machine), two when run without workers
@@ -44,12 +44,14 @@ def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
 
     def folder(name: str, build: Callable[[Path], None]) -> Path:
         path, complete = session / name, session / f"{name}.complete"
-        with cache_lock(path):
-            if not complete.exists():
-                shutil.rmtree(path, ignore_errors=True)  # what a failed build left
-                path.mkdir()
-                build(path)
-                complete.touch()
+
+        def fill() -> None:
+            shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+            path.mkdir()
+            build(path)
+            complete.touch()
+
+        build_once(complete, fill)
         return path
 
     return folder
