@@ -2,9 +2,12 @@
 
 ``harness leaderboard SPEC`` runs what is missing (resumable runs under ``runs``), trains editors
 that learn first, stores one JSON file per run in ``output`` (the run's results.json plus the
-command, record ids and seed that reproduce it) and writes ``output/README.md``. A spec may score
-every run under several scoring profiles (``protocols``; the first one's files keep the plain
-``output/<task>/<editor>.json`` paths) and split each run over ``processes`` shards.
+command, record ids and seed that reproduce it) and writes ``output/README.md``. An entry already
+stored under the spec's command is kept, so a board too long for one sitting fills up over several
+(the run folders need not survive); one stored under another command (an earlier spec) is redone.
+Runs go editor by editor, so an editor's training and cached values serve all its entries in turn.
+A spec may score every run under several scoring profiles (``protocols``; the first one's files
+keep the plain ``output/<task>/<editor>.json`` paths) and split each run over ``processes`` shards.
 ``--check`` runs everything again in a scratch folder and compares it with the stored files within
 the spec's tolerances (``tolerance_from_stderr`` k: a metric may move k times the stored file's
 standard error of it, never less than its explicit tolerance): the regression guard CI runs.
@@ -216,12 +219,30 @@ def _entry(
     }
 
 
+def stored(spec: LeaderboardSpec, task: str, editor: str, protocol: str) -> dict[str, Any] | None:
+    """The entry stored for this spec's command, or None (none stored, or one of another command)."""
+    path = spec.entry_path(task, editor, protocol)
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text(encoding="utf-8"))
+    return entry if entry.get(ENTRY_KEY, {}).get("command") == spec.command(task, editor, protocol) else None
+
+
 def build(spec: LeaderboardSpec, data_dir: str | None, progress: bool = True) -> list[Path]:
-    """Run (or resume) every entry, store its file, write the README; the written paths."""
+    """Run (or resume) every entry not stored yet, store its file, write the README; the written
+    paths."""
     written = []
-    for protocol in spec.protocols:
+    for editor in spec.editors:
         for task in spec.tasks:
-            for editor in spec.editors:
+            for protocol in spec.protocols:
+                if stored(spec, task, editor, protocol):
+                    log.info(
+                        "leaderboard: %s on %s %s is stored; delete its file to redo it",
+                        editor,
+                        task,
+                        protocol,
+                    )
+                    continue
                 log.info("leaderboard %s: %s on %s %s", spec.path, editor, task, protocol)
                 results = run_entry(spec, task, editor, data_dir, spec.runs, progress, protocol)
                 path = spec.entry_path(task, editor, protocol)
@@ -348,9 +369,8 @@ def write_readme(spec: LeaderboardSpec) -> Path:
     for protocol in spec.protocols:
         for task in spec.tasks:
             for editor in spec.editors:
-                path = spec.entry_path(task, editor, protocol)
-                if path.is_file():
-                    entry = json.loads(path.read_text(encoding="utf-8"))
+                entry = stored(spec, task, editor, protocol)
+                if entry:
                     found.setdefault((protocol, task), {})[editor] = entry
     if not found:
         raise FileNotFoundError(f"{spec.output}: nothing stored yet; run `harness leaderboard {spec.path}`")
@@ -398,7 +418,7 @@ def write_readme(spec: LeaderboardSpec) -> Path:
         "## Reproduce",
         "",
         f"Model `{spec.model}` (sha256 `{model.get('sha256', '')[:12]}`); data {_data_line(any_entry)}. "
-        "Regenerate every file here (runs that exist are resumed, not redone):",
+        "Regenerate every file here (stored entries are kept, unfinished runs resume):",
         "",
         "```bash",
         f"harness leaderboard {spec_name} --data-dir DATA",

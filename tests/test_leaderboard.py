@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,27 @@ def test_readme_shows_every_editor_with_its_stored_numbers(built):
         "the records with replacement (seed 0; docs/statistics.md). One record moves a score by up to 50 "
         "points;" in text
     )
+
+
+def test_build_keeps_entries_stored_under_the_specs_command_and_redoes_others(built, tmp_path, monkeypatch):
+    spec = dataclasses.replace(built, output=tmp_path / "board")
+    shutil.copytree(built.output, spec.output)
+    earlier = json.loads(spec.entry_path("bizsre_en_zh", "kn").read_text(encoding="utf-8"))
+    earlier["leaderboard"]["command"] = earlier["leaderboard"]["command"].replace("--limit 2", "--limit 1")
+    spec.entry_path("bizsre_en_zh", "kn").write_text(json.dumps(earlier), encoding="utf-8")
+    runs = []
+
+    def run_entry(spec, task, editor, *args):
+        runs.append((task, editor))
+        return {key: value for key, value in earlier.items() if key != "leaderboard"}
+
+    monkeypatch.setattr("harness.leaderboard.run_entry", run_entry)
+    assert "| bizsre_en_zh | kn |" not in write_readme(spec).read_text(encoding="utf-8")  # not this spec's
+    build(spec, data_dir=None, progress=False)
+    assert runs == [("bizsre_en_zh", "kn")]
+    redone = json.loads(spec.entry_path("bizsre_en_zh", "kn").read_text(encoding="utf-8"))
+    assert redone["leaderboard"]["command"] == spec.command("bizsre_en_zh", "kn")
+    assert "| bizsre_en_zh | kn |" in write_readme(spec).read_text(encoding="utf-8")
 
 
 def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):
