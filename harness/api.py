@@ -4,7 +4,9 @@ the Task protocols."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -100,6 +102,27 @@ class RestoreError(RuntimeError):
     """Restoring an edit did not give back bit-identical weights."""
 
 
+# While an edit call starts on weights the harness has just verified to be the unedited ones (single
+# and batch modes): their digest. Cleared when the editor snapshots tensors to write them, so what is
+# computed under it depends on those weights alone and may be cached under it (value vectors).
+_UNEDITED_WEIGHTS: ContextVar[str | None] = ContextVar("unedited_weights", default=None)
+
+
+def unedited_weights() -> str | None:
+    """The digest of the verified unedited weights the model still holds, or None."""
+    return _UNEDITED_WEIGHTS.get()
+
+
+@contextlib.contextmanager
+def holding_unedited_weights(digest: str) -> Iterator[None]:
+    """Around one edit call whose model the caller has checked holds the weights ``digest`` names."""
+    token = _UNEDITED_WEIGHTS.set(digest)
+    try:
+        yield
+    finally:
+        _UNEDITED_WEIGHTS.reset(token)
+
+
 class Edit:
     """What an editor returns. Weight editors keep the original of every tensor they touched.
 
@@ -121,6 +144,7 @@ class Edit:
     @classmethod
     def snapshot(cls, model: torch.nn.Module, names: list[str]) -> Edit:
         """Remember the current value of the named parameters before changing them."""
+        _UNEDITED_WEIGHTS.set(None)
         params = dict(model.named_parameters())
         return cls(model, {name: params[name].detach().clone() for name in names})
 

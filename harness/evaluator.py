@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness import plugins
 from harness.answers import Answer, read_answers
-from harness.api import Edit, Record
+from harness.api import Edit, Record, holding_unedited_weights
 from harness.integrity import ModelFingerprint
 from harness.models import build_once
 from harness.results import SampleLog, write_json
@@ -225,6 +225,9 @@ class EditPolicy(Protocol):
     def session(self, pre: dict[str, list[Answer]]) -> contextlib.AbstractContextManager:
         """Around all edit calls: whatever must hold before the first and be undone after the last."""
 
+    def editing(self) -> contextlib.AbstractContextManager:
+        """Around one edit call."""
+
     def after_call(self, batch: list[Record], edit: Edit, seconds: float) -> tuple[list[dict], int]:
         """After one edit call: the samples it finished and how far the bar advances."""
 
@@ -256,6 +259,11 @@ class Restoring:
         self.pre = pre
         self.unedited = ModelFingerprint.of(self.run.model) if self.todo else None
         yield
+
+    def editing(self):
+        """Every call starts on the unedited weights (checked after each restore), so what an editor
+        computes from them before its first write may be cached (``api.unedited_weights``)."""
+        return holding_unedited_weights(f"{self.run.model_fingerprint}:{self.unedited.digest()}")
 
     def after_call(self, batch, edit, seconds):
         try:
@@ -302,7 +310,8 @@ def evaluate(
                 for record in batch:
                     plugins.call("before_edit", request=record.request, run=run)
                 started = time.perf_counter()
-                edit = run.editor.apply(run.model, run.tokenizer, [record.request for record in batch])
+                with policy.editing():
+                    edit = run.editor.apply(run.model, run.tokenizer, [record.request for record in batch])
                 finished, advanced = policy.after_call(batch, edit, time.perf_counter() - started)
                 _log(run, log_file, finished, by_id)
                 bar.update(advanced)

@@ -8,6 +8,8 @@ NaN compares equal to itself, and swapped values differ), computed where the ten
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -44,6 +46,10 @@ class ModelFingerprint:
     def of(cls, model: torch.nn.Module) -> ModelFingerprint:
         named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         return cls({name: tensor_checksum(tensor) for name, tensor in named.items()})
+
+    def digest(self) -> str:
+        """One hash of every tensor's name and checksum: the weights' state."""
+        return hashlib.sha256(json.dumps(sorted(self.checksums.items())).encode()).hexdigest()
 
     def verify(self, model: torch.nn.Module, after: str) -> None:
         """Raise RestoreError naming every tensor that differs from when the fingerprint was taken."""

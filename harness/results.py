@@ -209,11 +209,15 @@ def data_files(results: dict[str, Any]) -> dict[str, str]:
 
 
 def edit_timings(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per edit, and how many edits read their value vectors from the cache instead of
+    optimising them (their seconds leave that optimisation out)."""
     seconds = [s["edit_seconds"] for s in samples]
     if not seconds:
         return {}
+    reused = sum(bool((s.get("edit_info") or {}).get("values_reused")) for s in samples)
     return {
         "edit_seconds_median": statistics.median(seconds),
         "edit_seconds_mean": statistics.fmean(seconds),
         "edit_seconds_total": sum(seconds),
+        **({"edits_with_reused_values": reused} if reused else {}),
     }

@@ -106,6 +106,7 @@ class ROME(Editor):
             "value_steps": result.steps,
             "final_loss": result.losses[-1],
             "delta_norm": float(result.delta.norm()),
+            "values_reused": result.reused,
             "second_moment_corpus": self.corpus,
         }
         return edit
@@ -149,6 +150,7 @@ class EMMET(RROME):
             "value_steps": [result.steps for result in results],
             "final_loss": [result.losses[-1] for result in results],
             "delta_norm": [float(result.delta.norm()) for result in results],
+            "values_reused": all(result.reused for result in results),
             "second_moment_corpus": self.corpus,
         }
         return edit
