@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 README = "README.md"
 ENTRY_KEY = "leaderboard"  # what a stored file adds to the run's results.json
+REUSED_NOTE = (
+    ' "Values reused": the run read its value vectors from the cache, optimised by an earlier run that '
+    "needed the same ones (the other profile, or an editor of the same family), so its seconds leave "
+    "that optimisation out."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,9 +337,8 @@ def _task_section(
         "",
         report.render(runs, "markdown"),
         "",
-        f'Median seconds per edit: {seconds}. "Values reused": the run found its value vectors in the '
-        "cache, optimised by an earlier run with the same values (another profile, or an editor of the "
-        "same family), so its seconds leave that optimisation out.",
+        f"Median seconds per edit: {seconds}."
+        + (REUSED_NOTE if any("edits_with_reused_values" in e["timings"] for e in entries.values()) else ""),
         "",
         f"Minutes per run (every invocation that wrote its records, model loading included): {minutes}.",
         "",
