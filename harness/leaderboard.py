@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 README = "README.md"
 ENTRY_KEY = "leaderboard"  # what a stored file adds to the run's results.json
 REUSED_NOTE = (
-    ' "Values reused": the run read its value vectors from the cache, optimised by an earlier run that '
-    "needed the same ones (the other profile, or an editor of the same family), so its seconds leave "
-    "that optimisation out."
+    ' "From cache": the run read what its editor computes from the unedited weights (value vectors, '
+    "KN's neurons) from the cache, computed by an earlier run that needed the same (the other profile, "
+    "or an editor of the same family), so its seconds leave that work out."
 )
 
 
@@ -320,7 +320,7 @@ def _task_section(
     first = runs[0].results
     seconds = ", ".join(
         f"{editor} {entry['timings']['edit_seconds_median']:.2f}"
-        + (" (values reused)" if entry["timings"].get("edits_with_reused_values") else "")
+        + (" (from cache)" if entry["timings"].get("edits_from_cache") else "")
         for editor, entry in entries.items()
         if "edit_seconds_median" in entry.get("timings", {})
     )
@@ -338,7 +338,7 @@ def _task_section(
         report.render(runs, "markdown"),
         "",
         f"Median seconds per edit: {seconds}."
-        + (REUSED_NOTE if any("edits_with_reused_values" in e["timings"] for e in entries.values()) else ""),
+        + (REUSED_NOTE if any("edits_from_cache" in e["timings"] for e in entries.values()) else ""),
         "",
         f"Minutes per run (every invocation that wrote its records, model loading included): {minutes}.",
         "",

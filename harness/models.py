@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
+from harness.api import unedited_weights
 from harness.runtime import (
     ModelRuntime,
     Placement,
     attach,
     cache_fingerprint,
+    device_of,
     dtype_name,
     resolve_device,
     resolve_dtype,
@@ -181,6 +183,31 @@ def build_once(entry: Path, build: Callable[[], None]) -> None:
     with cache_lock(entry):
         if not entry.exists():
             build()
+
+
+def reused_on_unedited_weights(kind: str, parts: Any, model: torch.nn.Module, compute: Callable[[], Any]):
+    """``(compute(), False)``, or ``(result, True)`` with the result an earlier call of the same
+    ``kind`` and ``parts`` (JSON) stored while the model held the same verified unedited weights
+    (``api.unedited_weights``: single and batch modes, before the editor's first write) on the same
+    kind of device with the same thread count, so it is what computing again would give, bit for bit.
+    Without such weights nothing is read or stored. The result must be what ``torch.save`` with
+    weights only holds; read back, its tensors are on the CPU."""
+    weights = unedited_weights()
+    if weights is None:
+        return compute(), False
+    source = [kind, weights, parts, str(device_of(model)), torch.get_num_threads()]
+    key = hashlib.sha256(json.dumps(source, ensure_ascii=False).encode()).hexdigest()[:32]
+    path = cache_dir() / kind / f"{key}.pt"
+    fresh: list[Any] = []
+
+    def compute_and_store() -> None:
+        fresh.append(compute())
+        save_atomic(fresh[0], path)
+
+    build_once(path, compute_and_store)
+    if fresh:
+        return fresh[0], False
+    return torch.load(path, map_location="cpu", weights_only=True), True
 
 
 def file_sha256(path: Path) -> str:

@@ -230,7 +230,7 @@ def _merged_results(
         **{
             k: v
             for k, v in first["timings"].items()
-            if not k.startswith(("edit_seconds", "edits_with")) and k != "invocation_seconds"
+            if not k.startswith(("edit_seconds", "edits_from_cache")) and k != "invocation_seconds"
         },
         "total_seconds": sum(shard_seconds),  # every shard's time: what the run cost
         "wall_seconds": max(shard_seconds),  # the shards ran side by side

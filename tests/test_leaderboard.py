@@ -111,12 +111,12 @@ def test_build_keeps_entries_stored_under_the_specs_command_and_redoes_others(bu
     redone = json.loads(spec.entry_path("bizsre_en_zh", "kn").read_text(encoding="utf-8"))
     assert redone["leaderboard"]["command"] == spec.command("bizsre_en_zh", "kn")
     assert "| bizsre_en_zh | kn |" in write_readme(spec).read_text(encoding="utf-8")
-    assert "values reused" not in write_readme(spec).read_text(encoding="utf-8")
-    redone["timings"]["edits_with_reused_values"] = 2
+    assert "from cache" not in write_readme(spec).read_text(encoding="utf-8")
+    redone["timings"]["edits_from_cache"] = 2
     spec.entry_path("bizsre_en_zh", "kn").write_text(json.dumps(redone), encoding="utf-8")
     line = next(x for x in write_readme(spec).read_text().splitlines() if x.startswith("Median seconds"))
-    assert f"kn {redone['timings']['edit_seconds_median']:.2f} (values reused)" in line
-    assert line.endswith("so its seconds leave that optimisation out.")
+    assert f"kn {redone['timings']['edit_seconds_median']:.2f} (from cache)" in line
+    assert line.endswith("so its seconds leave that work out.")
 
 
 def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):

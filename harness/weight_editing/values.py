@@ -4,8 +4,6 @@ optimising a delta added to the MLP output at the subject (ROME's and MEMIT's sh
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -15,8 +13,8 @@ import torch
 from harness import fallbacks
 from harness.activations import FrozenPrefix, layer_of
 from harness.answers import at_positions, final_hidden, output_logits, pad_batch, prompt_ids, target_ids
-from harness.api import EditRequest, unedited_weights
-from harness.models import build_once, cache_dir, save_atomic
+from harness.api import EditRequest
+from harness.models import reused_on_unedited_weights
 from harness.runtime import MASTER_DTYPE, device_of
 from harness.weight_editing.keys import subject_last_token
 
@@ -204,50 +202,22 @@ def optimise_values(
     with its own optimiser, and leave the batch when their NLL (``stop_on="nll"``) or loss
     (``"total"``) drops below ``stop_loss``: the result for a goal is the same as optimising it alone.
 
-    While the model holds verified unedited weights (``api.unedited_weights``: single and batch
-    modes, before the editor's first write), the results are cached under those weights, the goals,
-    the settings, the device and the thread count, so they are bit-identical to optimising again.
-    Editors that optimise the same values (ROME, RECT-ROME, r-ROME and EMMET at one layer; MEMIT and
-    AlphaEdit) and the scoring profiles of one run then optimise them once.
+    While the model holds verified unedited weights, the results are cached under them, the goals
+    and the settings (``harness.models.reused_on_unedited_weights``), so editors that optimise the
+    same values (ROME, RECT-ROME, r-ROME and EMMET at one layer; MEMIT and AlphaEdit) and the scoring
+    profiles of one run optimise them once.
     """
-    weights = unedited_weights()
-    if weights is None:
-        return _optimise(model, tokenizer, goals, module_name, objective, chunk)
-    path = cache_dir() / "values" / f"{_value_key(model, weights, goals, module_name, objective, chunk)}.pt"
-    fresh: list[ValueResult] = []
 
-    def optimise_and_store() -> None:
-        fresh.extend(_optimise(model, tokenizer, goals, module_name, objective, chunk))
-        stored = [{"delta": r.delta.cpu(), "losses": r.losses, "steps": r.steps} for r in fresh]
-        save_atomic(stored, path)
+    def optimise() -> list[dict]:
+        results: list[ValueResult] = []
+        for start in range(0, len(goals), chunk):
+            results += _optimise_chunk(model, tokenizer, goals[start : start + chunk], module_name, objective)
+        return [{"delta": r.delta.cpu(), "losses": r.losses, "steps": r.steps} for r in results]
 
-    build_once(path, optimise_and_store)
-    if fresh:
-        return fresh
-    stored = torch.load(path, map_location="cpu", weights_only=True)
+    parts = ["values-v1", module_name, [asdict(goal) for goal in goals], asdict(objective), chunk]
+    found, reused = reused_on_unedited_weights("values", parts, model, optimise)
     device = device_of(model)
-    return [ValueResult(s["delta"].to(device), s["losses"], s["steps"], reused=True) for s in stored]
-
-
-def _value_key(model, weights: str, goals, module_name: str, objective: ValueObjective, chunk: int) -> str:
-    source = [
-        "values-v1",
-        weights,
-        module_name,
-        [asdict(goal) for goal in goals],
-        asdict(objective),
-        chunk,
-        str(device_of(model)),
-        torch.get_num_threads(),
-    ]
-    return hashlib.sha256(json.dumps(source, ensure_ascii=False).encode()).hexdigest()[:32]
-
-
-def _optimise(model, tokenizer, goals, module_name, objective, chunk) -> list[ValueResult]:
-    results: list[ValueResult] = []
-    for start in range(0, len(goals), chunk):
-        results += _optimise_chunk(model, tokenizer, goals[start : start + chunk], module_name, objective)
-    return results
+    return [ValueResult(r["delta"].to(device), r["losses"], r["steps"], reused) for r in found]
 
 
 def _optimise_chunk(model, tokenizer, goals, module_name, objective) -> list[ValueResult]:

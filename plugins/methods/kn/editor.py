@@ -26,14 +26,14 @@ Two variants (``variant``):
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from harness.activations import FrozenPrefix, layer_of, run_until
 from harness.answers import final_hidden, output_logits, prompt_ids, target_ids
 from harness.api import Edit, Editor, EditorContext, EditRequest
-from harness.models import architecture, check_layers
+from harness.models import architecture, check_layers, reused_on_unedited_weights
 from harness.runtime import MASTER_DTYPE, device_of
 from harness.weight_editing.keys import SubjectContexts
 
@@ -259,7 +259,9 @@ class KN(Editor):
         hp = self.hparams
         embeddings = model.get_input_embeddings().weight
         if hp.variant == "easyedit":
-            chosen = self.easyedit_neurons(model, tokenizer, request.prompt)
+            chosen, reused = self.reused(
+                model, [request.prompt], lambda: self.easyedit_neurons(model, tokenizer, request.prompt)
+            )
             new = prompt_ids(tokenizer, request.target)
             _, old = greedy_texts(model, tokenizer, request.prompt, len(new))
             vector = embedding_sum(embeddings, new) - embedding_sum(embeddings, old)
@@ -267,10 +269,20 @@ class KN(Editor):
             old = [current_answer_token(model, tokenizer, request.prompt)]
             new = target_ids(tokenizer, request.target)[:1]
             (prompts,) = hp.prompt_sets(model, tokenizer, [request], self.context)
-            chosen = self.neurons(model, tokenizer, prompts, old[0])
+            chosen, reused = self.reused(
+                model, [list(prompts), old[0]], lambda: self.neurons(model, tokenizer, prompts, old[0])
+            )
             new_row, old_row = (embeddings[t[0]].to(MASTER_DTYPE) for t in (new, old))
             vector = hp.enhance * new_row - hp.erase * old_row
-        return chosen, vector, {"old_token": tokenizer.decode(old), "new_token": tokenizer.decode(new)}
+        info = {"old_token": tokenizer.decode(old), "new_token": tokenizer.decode(new), "from_cache": reused}
+        return chosen, vector, info
+
+    def reused(self, model, parts: list, choose) -> tuple[list[tuple[int, int]], bool]:
+        """``choose()``'s neurons, read from the cache when the unedited weights chose them before for
+        the same ``parts`` and settings (both scoring profiles of a run attribute the same prompts)."""
+        key = ["kn-neurons-v1", self.layers, asdict(self.hparams), *parts]
+        found, reused = reused_on_unedited_weights("kn-neurons", key, model, choose)
+        return [(int(layer), int(unit)) for layer, unit in found], reused
 
     def edit(self, model, tokenizer, requests: list[EditRequest]) -> Edit:
         arch = architecture(model)

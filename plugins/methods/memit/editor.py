@@ -128,7 +128,7 @@ class MEMIT(Editor):
             "value_steps": [v.steps for v in values],
             "final_loss": [v.losses[-1] for v in values],
             "delta_norm": [float(v.delta.norm()) for v in values],
-            "values_reused": all(v.reused for v in values),
+            "from_cache": all(v.reused for v in values),
             "residual_gap": gap.tolist(),  # ||z - h|| after the edit over before: 0 means z was reached
             "second_moment_corpus": self.corpus,
         }

@@ -106,7 +106,7 @@ class ROME(Editor):
             "value_steps": result.steps,
             "final_loss": result.losses[-1],
             "delta_norm": float(result.delta.norm()),
-            "values_reused": result.reused,
+            "from_cache": result.reused,
             "second_moment_corpus": self.corpus,
         }
         return edit
@@ -150,7 +150,7 @@ class EMMET(RROME):
             "value_steps": [result.steps for result in results],
             "final_loss": [result.losses[-1] for result in results],
             "delta_norm": [float(result.delta.norm()) for result in results],
-            "values_reused": all(result.reused for result in results),
+            "from_cache": all(result.reused for result in results),
             "second_moment_corpus": self.corpus,
         }
         return edit
