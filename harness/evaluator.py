@@ -243,6 +243,7 @@ class Restoring:
         self.run = run
         self.pre: dict[str, list[Answer]] = {}
         self.unedited: ModelFingerprint | None = None
+        self.weights = ""  # the unedited weights' digest, taken once with their fingerprint
         self.logged: dict[str, dict[str, Any]] = {}
         self.todo: list[list[Record]] = []
 
@@ -258,12 +259,13 @@ class Restoring:
     def session(self, pre):
         self.pre = pre
         self.unedited = ModelFingerprint.of(self.run.model) if self.todo else None
+        self.weights = f"{self.run.model_fingerprint}:{self.unedited.digest()}" if self.unedited else ""
         yield
 
     def editing(self):
         """Every call starts on the unedited weights (checked after each restore), so what an editor
         computes from them before its first write may be cached (``api.unedited_weights``)."""
-        return holding_unedited_weights(f"{self.run.model_fingerprint}:{self.unedited.digest()}")
+        return holding_unedited_weights(self.weights)
 
     def after_call(self, batch, edit, seconds):
         try:
