@@ -15,6 +15,7 @@ import torch
 from harness import plugins
 from harness.models import build_once, load_model
 from harness.runner import run
+from harness.runtime import Placement
 
 # one thread per xdist worker (two workers on the 2-core CI machine), two when run without workers
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -71,6 +72,12 @@ def harness_cache(built_once) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(harness_cache):
     return load_model("tiny-llama", plugins.models())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bf16(harness_cache):
+    """tiny-llama in bfloat16: the dtype path in seconds (tests/test_device_discipline.py)."""
+    return load_model("tiny-llama", plugins.models(), Placement(device="cpu", dtype="bfloat16"))
 
 
 @pytest.fixture(scope="session")
