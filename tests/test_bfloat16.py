@@ -10,9 +10,9 @@ FT-M (float32 master copies of bfloat16 weights) and KN run everywhere. The othe
 ``HARNESS_BF16_ALL=1``: on a CPU without native bfloat16 (AVX2 only, as on the CI machines) a
 bfloat16 matmul is about 15 times slower than a float32 one; FT-M's run took 78 s and KN's 41 s
 there, but ROME's first edit had not finished after 10 minutes and AlphaEdit's test ran over 40
-(value optimisation, second moments and training through a 262k-word output head; minutes in all on
-a GPU or a CPU with AVX-512 BF16). Every editor's dtype path also runs on the tiny model in bfloat16, in
-seconds (tests/test_device_discipline.py).
+(value optimisation, second moments and training through a 262k-word output head; minutes in all
+on a GPU or a CPU with AVX-512 BF16). Every editor's dtype path also runs on the tiny model in
+bfloat16, in seconds (tests/test_device_discipline.py).
 """
 
 from __future__ import annotations
