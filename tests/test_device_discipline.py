@@ -171,26 +171,22 @@ def test_editor_in_bfloat16_writes_the_float32_change(
     assert half.norm() == pytest.approx(full.norm().item(), rel=0.05)
 
 
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_bf16"])  # SERAC and MEND train in bf16 too
 @pytest.mark.parametrize("name", sorted(TRAINED))
-def test_training_step_and_edit_follow_the_model_device(name, tiny_llama, synthetic_training_set):
+def test_training_step_and_edit_follow_the_model_device(name, model, request, synthetic_training_set):
+    lm = request.getfixturevalue(model)
     editor = _editor(name, TRAINED[name])
     hparams = editor.hparams
     data = training.load_training_set("synthetic_en", None, name)
     train_examples, validation = training.split(data, hparams)
     extra = editor.checkpoint_extra()
-    directory = training.checkpoint_dir(name, hparams, tiny_llama.fingerprint, data, extra)
+    directory = training.checkpoint_dir(name, hparams, lm.fingerprint, data, extra)
     directory.mkdir(parents=True, exist_ok=True)
     session = training.TrainingSession(directory, train_examples, validation, 0, False, {})
     with meta_default():
-        summary = editor.train(tiny_llama.model, tiny_llama.tokenizer, session, _context(tiny_llama))
+        summary = editor.train(lm.model, lm.tokenizer, session, _context(lm))
     assert summary["final"]["step"] == 1
-    _prepare_edit_probe_restore(_editor(name, TRAINED[name]), tiny_llama, _context(tiny_llama))
-
-
-@pytest.mark.parametrize("name", sorted(TRAINED))
-def test_training_step_and_edit_in_bfloat16(name, tiny_llama_bf16, synthetic_training_set):
-    """SERAC and MEND train and edit a bfloat16 model under the meta default too."""
-    test_training_step_and_edit_follow_the_model_device(name, tiny_llama_bf16, synthetic_training_set)
+    _prepare_edit_probe_restore(_editor(name, TRAINED[name]), lm, _context(lm))
 
 
 @pytest.mark.parametrize("task_name", ["general_nli", "general_open_qa"])
