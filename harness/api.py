@@ -274,6 +274,8 @@ class Editor(abc.ABC):
 
     hparams_class: ClassVar[type]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # editors that train: the summary of the checkpoint ``setup`` loaded, reported in results.json
+    trained_with: dict[str, Any] | None = None
 
     def __init__(self, hparams: Any) -> None:
         self.hparams = hparams

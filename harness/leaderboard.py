@@ -325,7 +325,9 @@ def _task_section(
         if "edit_seconds_median" in entry.get("timings", {})
     )
     minutes = ", ".join(
-        f"{editor} {entry['timings']['total_seconds'] / 60:.1f}" for editor, entry in entries.items()
+        f"{editor} {entry['timings']['total_seconds'] / 60:.1f}"
+        + (f" + {entry['training']['training_seconds'] / 60:.1f} training" if "training" in entry else "")
+        for editor, entry in entries.items()
     )
     images = [f"![{path.stem}]({path.relative_to(output).as_posix()})" for path in charts]
     return [
@@ -340,7 +342,8 @@ def _task_section(
         f"Median seconds per edit: {seconds}."
         + (REUSED_NOTE if any("edits_from_cache" in e["timings"] for e in entries.values()) else ""),
         "",
-        f"Minutes per run (every invocation that wrote its records, model loading included): {minutes}.",
+        "Minutes per run (every invocation that wrote its records, model loading included; editors "
+        f"that learn add the training of the checkpoint they loaded): {minutes}.",
         "",
         *(line for image in images for line in (image, "")),
     ]

@@ -436,6 +436,8 @@ def _optional_sections(the_plan: Plan, execution: Execution) -> dict[str, Any]:
     """The decay curve, subject alignment, ``--then`` tasks and shard of the runs that have them."""
     sections: dict[str, Any] = {}
     cfg, selection = the_plan.resolved.cfg, the_plan.selection
+    if the_plan.editor.trained_with is not None:
+        sections["training"] = training.run_record(the_plan.editor.trained_with)
     if execution.run.accumulate:
         sections["decay"] = decay_curve(the_plan.out)
     if selection.aligned:

@@ -171,6 +171,19 @@ def trained_state(
     return torch.load(path, map_location="cpu", weights_only=True), summary
 
 
+def run_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a run reports about the checkpoint its editor loaded: which one (its cache key), the data
+    it learned from, its validation metrics at the kept step and what training it cost."""
+    return {
+        "checkpoint": Path(summary["checkpoint"]).parent.name,
+        "data": summary["data"],
+        "train_examples": summary["train_examples"],
+        "validation_examples": summary["validation_examples"],
+        "selected": summary.get("selected", {}),
+        "training_seconds": summary["training_seconds"],
+    }
+
+
 @dataclass
 class TrainingSession:
     """One editor's training: held-out split, resumable progress, a metrics log, the final checkpoint.

@@ -119,6 +119,11 @@ def test_build_keeps_entries_stored_under_the_specs_command_and_redoes_others(bu
     line = next(x for x in write_readme(spec).read_text().splitlines() if x.startswith("Median seconds"))
     assert f"kn {redone['timings']['edit_seconds_median']:.2f} (from cache)" in line
     assert line.endswith("so its seconds leave that work out.")
+    # an editor that learns: its checkpoint's training time stands beside the run's
+    redone["training"] = {"training_seconds": 222.0}
+    spec.entry_path("bizsre_en_zh", "kn").write_text(json.dumps(redone), encoding="utf-8")
+    line = next(x for x in write_readme(spec).read_text().splitlines() if x.startswith("Minutes per run"))
+    assert f"kn {redone['timings']['total_seconds'] / 60:.1f} + 3.7 training" in line
 
 
 def test_check_passes_unchanged_and_fails_when_a_number_moves(built, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from harness import training
 from harness.api import EditorContext
-from harness.runner import train
+from harness.runner import run, train
 from harness.training import TrainingData, TrainingRequired, TrainingSettings, split
 from harness_plugins.methods.mend.editor import MEND, MENDHparams
 from harness_plugins.methods.serac.editor import SERACHparams
@@ -149,6 +149,40 @@ def test_a_killed_training_resumes_to_the_same_checkpoint(
     # already trained: found, not retrained, with the same summary and provenance
     assert again == json.loads(json.dumps(resumed))
     assert again["data"]["name"] == "synthetic_en" and again["editor"] == "mend"
+
+
+def test_a_run_reports_the_checkpoint_its_editor_loaded(synthetic_training_set, tmp_path):
+    summary = train(
+        "mend", train_data="synthetic_en", model="tiny-llama", overrides=TINY_MEND, progress=False
+    )
+    results = run(
+        editor="mend",
+        task="bizsre_en_zh",
+        model="tiny-llama",
+        limit=1,
+        overrides={**TINY_MEND, "train_data": "synthetic_en"},
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
+    key = Path(summary["checkpoint"]).parent.name
+    assert results["training"] == {
+        "checkpoint": key,
+        "data": summary["data"],
+        "train_examples": 20,
+        "validation_examples": 4,
+        "selected": summary["selected"],
+        "training_seconds": summary["training_seconds"],
+    }
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["training"]["checkpoint"] == key
+    assert "training" not in run(
+        editor="ft-m",
+        task="bizsre_en_zh",
+        model="tiny-llama",
+        limit=1,
+        output_dir=str(tmp_path / "plain"),
+        progress=False,
+    )
 
 
 def _scalar_loop(session, steps: int) -> tuple[dict, torch.nn.Parameter]:

@@ -178,6 +178,7 @@ class MEND(Editor):
         state, summary = trained_state(self.name, self.hparams, context)
         self._load(state)
         log.info("mend: loaded checkpoint trained on %s examples", summary.get("train_examples"))
+        self.trained_with = summary
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.transforms.parameters(), *self.log_step_sizes.parameters()]

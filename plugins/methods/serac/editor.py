@@ -219,6 +219,7 @@ class SERAC(Editor):
         state, summary = trained_state(self.name, self.hparams, context, self.checkpoint_extra())
         self._load(state)
         log.info("serac: loaded checkpoint trained on %s examples", summary.get("train_examples"))
+        self.trained_with = summary
 
     def _load(self, state: dict[str, Any]) -> None:
         self.classifier.load_state_dict(state["classifier"])
